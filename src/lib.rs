@@ -5,10 +5,18 @@
 //!
 //! | module | what it holds |
 //! |---|---|
+//! | [`bootstrap`] | the TCP control plane: hello, listen handles, barriers |
+//! | [`channel`] | the ChannelManager: N comms per GPU, NIC choice, listen/accept/connect |
+//! | [`engine`] | the progress engine: one thread per GPU keeping every comm busy |
+//! | [`endpoint`] | the public API: endpoints, connections, post / poll / wait |
 //! | [`net`] | the plugin ABI mirror and the plugin loader |
 //! | [`topology`] | PCI/NUMA topology from sysfs and the channel → NIC choice |
 #![warn(missing_docs)]
 
+pub mod bootstrap;
+pub mod channel;
+pub mod endpoint;
+pub mod engine;
 pub mod net;
 pub mod topology;
 

@@ -17,8 +17,8 @@
 //!     NicInfo::new(0, "eth1", Some("/sys/devices/pci0000:01/0000:01:00.0/0000:06:00.0")),
 //!     NicInfo::new(1, "eth2", Some("/sys/devices/pci0000:07/0000:07:00.0/0000:0c:00.0")),
 //! ];
-//! let gpu = Some("/sys/devices/pci0000:07/0000:07:00.0/0000:0b:00.0".into());
-//! let map = choose_nics(gpu.as_deref(), &nics, 4, None).unwrap();
+//! let gpu = std::path::PathBuf::from("/sys/devices/pci0000:07/0000:07:00.0/0000:0b:00.0");
+//! let map = choose_nics(Some(&gpu), &nics, 4, None).unwrap();
 //! assert_eq!(map, vec![1, 1, 1, 1]); // every channel of GPU 3 on eth2
 //! ```
 
@@ -207,7 +207,9 @@ impl Sysfs {
     /// The NUMA node of a PCI device (`None` when unknown or -1).
     pub fn numa_node(&self, pci_path: &Path) -> Option<usize> {
         let node = read_trimmed(&pci_path.join("numa_node"))?;
-        node.parse::<i64>().ok().and_then(|n| usize::try_from(n).ok())
+        node.parse::<i64>()
+            .ok()
+            .and_then(|n| usize::try_from(n).ok())
     }
 
     /// The CPUs of a NUMA node, from its `cpulist`.
@@ -270,10 +272,26 @@ mod tests {
 
     fn a3_nics() -> Vec<NicInfo> {
         vec![
-            NicInfo::new(0, "eth1", Some("/sys/devices/pci0000:01/0000:01:00.0/0000:06:00.0")),
-            NicInfo::new(1, "eth2", Some("/sys/devices/pci0000:07/0000:07:00.0/0000:0c:00.0")),
-            NicInfo::new(2, "eth3", Some("/sys/devices/pci0000:81/0000:81:00.0/0000:86:00.0")),
-            NicInfo::new(3, "eth4", Some("/sys/devices/pci0000:87/0000:87:00.0/0000:8c:00.0")),
+            NicInfo::new(
+                0,
+                "eth1",
+                Some("/sys/devices/pci0000:01/0000:01:00.0/0000:06:00.0"),
+            ),
+            NicInfo::new(
+                1,
+                "eth2",
+                Some("/sys/devices/pci0000:07/0000:07:00.0/0000:0c:00.0"),
+            ),
+            NicInfo::new(
+                2,
+                "eth3",
+                Some("/sys/devices/pci0000:81/0000:81:00.0/0000:86:00.0"),
+            ),
+            NicInfo::new(
+                3,
+                "eth4",
+                Some("/sys/devices/pci0000:87/0000:87:00.0/0000:8c:00.0"),
+            ),
         ]
     }
 

@@ -21,12 +21,16 @@
 #![no_std]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod codec;
 pub mod plan;
 #[allow(unsafe_code)]
 pub mod ring;
 pub mod stats;
+mod sync;
 pub mod unpack;
 pub mod window;

@@ -352,7 +352,8 @@ pub struct NetPluginV7 {
         ) -> NcclResult,
     >,
     /// `deregMr(comm, mhandle)`.
-    pub dereg_mr: Option<unsafe extern "C" fn(comm: *mut c_void, mhandle: *mut c_void) -> NcclResult>,
+    pub dereg_mr:
+        Option<unsafe extern "C" fn(comm: *mut c_void, mhandle: *mut c_void) -> NcclResult>,
     /// `isend(send_comm, data, size, tag, mhandle, &request)`.
     pub isend: Option<
         unsafe extern "C" fn(
@@ -389,7 +390,11 @@ pub struct NetPluginV7 {
     >,
     /// `test(request, &done, sizes)`; TCPX never writes `sizes`.
     pub test: Option<
-        unsafe extern "C" fn(request: *mut c_void, done: *mut c_int, sizes: *mut c_int) -> NcclResult,
+        unsafe extern "C" fn(
+            request: *mut c_void,
+            done: *mut c_int,
+            sizes: *mut c_int,
+        ) -> NcclResult,
     >,
     /// `closeSend(send_comm)`.
     pub close_send: Option<unsafe extern "C" fn(send_comm: *mut c_void) -> NcclResult>,
@@ -406,8 +411,9 @@ pub struct NetPluginV7 {
         ) -> NcclResult,
     >,
     /// `irecvConsumed(recv_comm, n, request)`: give the request's bounce pages and slot back.
-    pub irecv_consumed:
-        Option<unsafe extern "C" fn(recv_comm: *mut c_void, n: c_int, request: *mut c_void) -> NcclResult>,
+    pub irecv_consumed: Option<
+        unsafe extern "C" fn(recv_comm: *mut c_void, n: c_int, request: *mut c_void) -> NcclResult,
+    >,
 }
 
 const _: () = {
