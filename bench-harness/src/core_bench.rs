@@ -115,11 +115,17 @@ pub fn run(args: &CoreArgs) -> Result<(), Box<dyn std::error::Error>> {
             })
         );
     } else {
-        println!("tcpx-bench core: {} ops, best of {}", args.ops, args.repeats);
+        println!(
+            "tcpx-bench core: {} ops, best of {}",
+            args.ops, args.repeats
+        );
         println!("{:<48} {:>10}", "operation", "ns/op");
         println!("{:<48} {:>10.2}", "window post+test+release cycle", window);
         println!("{:<48} {:>10.2}", "ring push+pop (same thread)", ring1);
-        println!("{:<48} {:>10.2}", "ring item, producer → consumer thread", ring2);
+        println!(
+            "{:<48} {:>10.2}",
+            "ring item, producer → consumer thread", ring2
+        );
     }
     Ok(())
 }

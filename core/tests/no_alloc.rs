@@ -88,5 +88,9 @@ fn steady_state_window_ring_plan_and_unpack_loop_allocates_nothing() {
     COUNTING.store(false, Ordering::SeqCst);
 
     assert_eq!(bytes, 2_000 * (4 << 20));
-    assert_eq!(ALLOCATIONS.load(Ordering::SeqCst), 0, "the steady-state loop allocated");
+    assert_eq!(
+        ALLOCATIONS.load(Ordering::SeqCst),
+        0,
+        "the steady-state loop allocated"
+    );
 }
