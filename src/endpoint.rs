@@ -81,6 +81,9 @@ pub struct EndpointConfig {
     pub pinning: Pinning,
     /// A transfer that makes no progress this long fails with `Stalled`.
     pub stall_timeout: Duration,
+    /// Let the progress thread yield its CPU while it waits on the network (see
+    /// [`EngineConfig::yield_when_waiting`]); turn off on machines with cores to spare.
+    pub yield_when_waiting: bool,
 }
 
 impl Default for EndpointConfig {
@@ -92,6 +95,7 @@ impl Default for EndpointConfig {
             nics: NicSelection::Topology,
             pinning: Pinning::NumaLocal,
             stall_timeout: Duration::from_secs(30),
+            yield_when_waiting: true,
         }
     }
 }
@@ -323,6 +327,7 @@ impl Endpoint {
             stall_timeout: config.stall_timeout,
             cpus,
             name: format!("tcpx-progress-gpu{}", config.gpu),
+            yield_when_waiting: config.yield_when_waiting,
         };
         let engine = Engine::new(
             submissions,

@@ -386,6 +386,9 @@ pub struct EngineConfig {
     pub cpus: Option<Vec<usize>>,
     /// The thread's name.
     pub name: String,
+    /// Yield the CPU every few dozen loop turns in which work is in flight but nothing moved
+    /// (the thread never sleeps while work is in flight either way).
+    pub yield_when_waiting: bool,
 }
 
 impl Default for EngineConfig {
@@ -394,6 +397,7 @@ impl Default for EngineConfig {
             stall_timeout: Duration::from_secs(30),
             cpus: None,
             name: "tcpx-progress".into(),
+            yield_when_waiting: true,
         }
     }
 }
@@ -450,6 +454,11 @@ impl Engine {
             if busy {
                 if idle_turns % CLOCK_EVERY == 0 {
                     self.check_stall();
+                    if self.config.yield_when_waiting {
+                        // Waiting on the network: let the plugin's socket threads have this
+                        // CPU if they need it (matters when cores are scarce).
+                        thread::yield_now();
+                    }
                 }
                 continue;
             }

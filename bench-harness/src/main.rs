@@ -6,11 +6,15 @@
 //! | subcommand | what it measures |
 //! |---|---|
 //! | `core` | ns per request-window cycle and per SPSC ring push/pop |
+//! | `loopback` | both sides in one process over tcpx-sim: verified GB/s |
+//! | `server` / `client` | one process per side (port base + GPU), like `test_tcpx_perf_multi` |
+//! | `orchestrator` | every GPU of a node in one process, like `test_tcpx_perf_orchestrator` |
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
 
 mod core_bench;
+mod transfer;
 
 /// Benchmarks for tcpx-rs.
 #[derive(Parser, Debug)]
@@ -24,12 +28,39 @@ struct Cli {
 enum Command {
     /// Hot-path cost of the core: request window cycles and ring push/pop, in ns per operation.
     Core(core_bench::CoreArgs),
+    /// Both sides in one process over tcpx-sim (or --plugin): verified throughput.
+    Loopback(transfer::TransferArgs),
+    /// Receive side of a GPU pair (listens on port base + GPU).
+    Server(transfer::ServerArgs),
+    /// Send side of a GPU pair.
+    Client(transfer::ClientArgs),
+    /// Every GPU of a node in one process (one endpoint per GPU).
+    Orchestrator(transfer::OrchestratorArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
-    let result = match &cli.command {
-        Command::Core(args) => core_bench::run(args),
+    // Environment first, while this is the only thread.
+    match &cli.command {
+        Command::Core(_) => {}
+        Command::Loopback(a) => a.prepare_env(),
+        Command::Server(a) => a.common.prepare_env(),
+        Command::Client(a) => a.common.prepare_env(),
+        Command::Orchestrator(a) => a.common.prepare_env(),
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TCPX_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = match &cli.command {
+        Command::Core(args) => core_bench::run(args).map_err(|e| e.to_string().into()),
+        Command::Loopback(args) => transfer::loopback(args),
+        Command::Server(args) => transfer::server(args),
+        Command::Client(args) => transfer::client(args),
+        Command::Orchestrator(args) => transfer::orchestrator(args),
     };
     if let Err(e) = result {
         eprintln!("tcpx-bench: {e}");

@@ -1,0 +1,869 @@
+//! Transfer benchmarks: `loopback` (both sides in one process over tcpx-sim), `server` /
+//! `client` (one process per side, the C++ tree's `test_tcpx_perf_multi`) and `orchestrator`
+//! (every GPU of a node in one process, the C++ tree's `test_tcpx_perf_orchestrator`).
+//!
+//! The server side receives, the client side sends. Every iteration the sender writes a
+//! pattern that encodes the iteration and each 8-byte word's offset, and (unless
+//! `--no-verify`) the receiver checks every byte after the timed region; both sides exchange
+//! checksums at the end. Throughput is GB/s with GB = 10^9 bytes.
+
+use std::error::Error;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tcpx::bootstrap::{port_for, BootstrapListener};
+use tcpx::channel::NicSelection;
+use tcpx::core::codec::Done;
+use tcpx::endpoint::{BufferId, Connection, Endpoint, EndpointConfig, Pinning, TransferId};
+use tcpx::net::{HostBuffer, Plugin};
+use tcpx::topology::Sysfs;
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// Knobs shared by every transfer subcommand. Each also reads the C++ tree's variable.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TransferArgs {
+    /// The net plugin: the real TCPX (`/usr/local/tcpx/lib64/libnccl-net.so`) or tcpx-sim.
+    /// Default: the tcpx-sim library built next to this binary.
+    #[arg(long, env = "UCCL_TCPX_PLUGIN_PATH")]
+    pub plugin: Option<PathBuf>,
+    /// Channels (TCPX comms) per GPU; the server decides.
+    #[arg(long, env = "UCCL_TCPX_NUM_CHANNELS", default_value_t = 8)]
+    pub channels: u16,
+    /// Bytes per iteration (suffixes K, M, G, KiB, MiB, GiB).
+    #[arg(long, env = "UCCL_TCPX_PERF_SIZE", default_value = "64MiB", value_parser = parse_size)]
+    pub size: u64,
+    /// Timed iterations.
+    #[arg(long, env = "UCCL_TCPX_PERF_ITERS", default_value_t = 20)]
+    pub iters: u32,
+    /// Untimed iterations before them.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: u32,
+    /// Chunk size (≤ 4 MiB, a multiple of 4 KiB); the server decides.
+    #[arg(long, env = "UCCL_TCPX_CHUNK_BYTES", default_value = "512KiB", value_parser = parse_size)]
+    pub chunk_bytes: u64,
+    /// Bootstrap port of GPU g is base + g.
+    #[arg(long, env = "UCCL_TCPX_BOOTSTRAP_PORT_BASE", default_value_t = 20000)]
+    pub port_base: u16,
+    /// Interface names for the channels, in order (default: by PCI topology).
+    #[arg(long, env = "UCCL_TCPX_NICS", value_delimiter = ',')]
+    pub nics: Vec<String>,
+    /// Progress-thread placement: `numa` (the GPU's NUMA node), `off`, or a CPU list like `0-3,8`.
+    #[arg(long, env = "UCCL_TCPX_PIN", default_value = "numa")]
+    pub pin: String,
+    /// Fill the plugin environment GCP publishes for this machine type where it is unset.
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// Skip the byte-by-byte check of received data (numbers are then unverified).
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Deadline for setup and for each iteration.
+    #[arg(long, default_value = "60", value_parser = parse_secs)]
+    pub timeout: Duration,
+    /// Fail a transfer that makes no progress for this long.
+    #[arg(long, default_value = "30", value_parser = parse_secs)]
+    pub stall_timeout: Duration,
+    /// Never yield the progress threads' CPUs while waiting (pure spinning).
+    #[arg(long, env = "UCCL_TCPX_SPIN")]
+    pub spin: bool,
+    /// Print one JSON object at the end instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Machine presets for `--preset`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    /// GCP A3-high (8× H100, eth1..eth4 for TCPX, eth0 for control): plugin v3.1.12 settings.
+    A3High,
+}
+
+/// GCP's published plugin environment for A3-high (container-engine-accelerators,
+/// gpudirect-tcpx/README.md, plugin v3.1.12 / RxDM v2.0.15).
+const A3_HIGH_ENV: &[(&str, &str)] = &[
+    ("NCCL_SOCKET_IFNAME", "eth0"),
+    ("NCCL_GPUDIRECTTCPX_SOCKET_IFNAME", "eth1,eth2,eth3,eth4"),
+    ("NCCL_GPUDIRECTTCPX_CTRL_DEV", "eth0"),
+    ("NCCL_DYNAMIC_CHUNK_SIZE", "524288"),
+    ("NCCL_P2P_NET_CHUNKSIZE", "524288"),
+    ("NCCL_P2P_PCI_CHUNKSIZE", "524288"),
+    ("NCCL_P2P_NVL_CHUNKSIZE", "1048576"),
+    ("NCCL_BUFFSIZE", "4194304"),
+    ("NCCL_NSOCKS_PERTHREAD", "4"),
+    ("NCCL_SOCKET_NTHREADS", "1"),
+    ("NCCL_CROSS_NIC", "0"),
+    ("NCCL_NET_GDR_LEVEL", "PIX"),
+    ("NCCL_P2P_PXN_LEVEL", "0"),
+    ("NCCL_GPUDIRECTTCPX_UNIX_CLIENT_PREFIX", "/run/tcpx"),
+    (
+        "NCCL_GPUDIRECTTCPX_TX_BINDINGS",
+        "eth1:8-21,112-125;eth2:8-21,112-125;eth3:60-73,164-177;eth4:60-73,164-177",
+    ),
+    (
+        "NCCL_GPUDIRECTTCPX_RX_BINDINGS",
+        "eth1:22-35,126-139;eth2:22-35,126-139;eth3:74-87,178-191;eth4:74-87,178-191",
+    ),
+    (
+        "NCCL_GPUDIRECTTCPX_PROGRAM_FLOW_STEERING_WAIT_MICROS",
+        "500000",
+    ),
+];
+
+/// What tcpx-sim needs on loopback, set where unset (the sim, like TCPX, refuses to start
+/// without a chunk size).
+const SIM_ENV: &[(&str, &str)] = &[
+    ("NCCL_DYNAMIC_CHUNK_SIZE", "524288"),
+    ("NCCL_GPUDIRECTTCPX_SOCKET_IFNAME", "lo"),
+    ("NCCL_NSOCKS_PERTHREAD", "1"),
+    ("NCCL_SOCKET_NTHREADS", "1"),
+];
+
+/// Set each variable that is not set yet. Called from `main` before any thread starts.
+pub fn fill_env(vars: &[(&str, &str)]) {
+    for (k, v) in vars {
+        if std::env::var_os(k).is_none() {
+            std::env::set_var(k, v);
+        }
+    }
+}
+
+impl TransferArgs {
+    /// Apply the preset (or the sim defaults when the plugin is tcpx-sim). Must run before
+    /// any thread is spawned.
+    pub fn prepare_env(&self) {
+        match self.preset {
+            Some(Preset::A3High) => fill_env(A3_HIGH_ENV),
+            None => {}
+        }
+        if self.plugin.is_none() {
+            fill_env(SIM_ENV);
+        }
+    }
+
+    fn plugin_path(&self) -> Result<PathBuf, BoxError> {
+        if let Some(p) = &self.plugin {
+            return Ok(p.clone());
+        }
+        let exe = std::env::current_exe()?;
+        let dir = exe.parent().ok_or("the bench binary has no directory")?;
+        for cand in [dir.join("libtcpx_sim.so"), dir.join("deps/libtcpx_sim.so")] {
+            if cand.exists() {
+                return Ok(cand);
+            }
+        }
+        Err(format!(
+            "tcpx-sim not found next to {} (build it with `cargo build --release -p tcpx-sim`) — or pass --plugin",
+            exe.display()
+        )
+        .into())
+    }
+
+    fn endpoint_config(&self, gpu: u32) -> Result<EndpointConfig, BoxError> {
+        let pinning = match self.pin.as_str() {
+            "numa" => Pinning::NumaLocal,
+            "off" => Pinning::Off,
+            list => {
+                let cpus = tcpx::topology::parse_cpulist(list);
+                if cpus.is_empty() {
+                    return Err(
+                        format!("--pin: expected numa, off or a CPU list, got {list:?}").into(),
+                    );
+                }
+                Pinning::Cpus(cpus)
+            }
+        };
+        Ok(EndpointConfig {
+            gpu,
+            channels: self.channels,
+            chunk_bytes: u32::try_from(self.chunk_bytes)
+                .map_err(|_| "--chunk-bytes is too large")?,
+            nics: if self.nics.is_empty() {
+                NicSelection::Topology
+            } else {
+                NicSelection::Names(self.nics.clone())
+            },
+            pinning,
+            stall_timeout: self.stall_timeout,
+            yield_when_waiting: !self.spin,
+        })
+    }
+
+    fn load_plugin(&self) -> Result<Arc<Plugin>, BoxError> {
+        let path = self.plugin_path()?;
+        self.say(format_args!("loading plugin {}", path.display()));
+        Ok(Plugin::load(&path)?)
+    }
+
+    fn say(&self, msg: std::fmt::Arguments<'_>) {
+        eprintln!("[tcpx-bench] {msg}");
+    }
+}
+
+/// Parse `64MiB`, `512K`, `1G`, `4096` (binary suffixes with `i`, decimal without).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "ki" | "kib" => 1 << 10,
+        "mi" | "mib" => 1 << 20,
+        "gi" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} overflows"))
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let t = s.trim().trim_end_matches('s');
+    t.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("expected seconds, got {s:?}"))
+}
+
+/// The word at 8-byte index `j` of iteration `iter`.
+fn pattern_word(iter: u32, j: u64) -> u64 {
+    j ^ u64::from(iter)
+        .wrapping_add(1)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Write the pattern of `iter`; returns its checksum.
+fn fill(buf: &mut [u8], iter: u32) -> u64 {
+    let mut sum = 0u64;
+    let mut words = buf.chunks_exact_mut(8);
+    let mut j = 0u64;
+    for w in &mut words {
+        let v = pattern_word(iter, j);
+        w.copy_from_slice(&v.to_le_bytes());
+        sum = sum.wrapping_add(v);
+        j += 1;
+    }
+    let tail = words.into_remainder();
+    let v = pattern_word(iter, j).to_le_bytes();
+    tail.copy_from_slice(&v[..tail.len()]);
+    sum.wrapping_add(tail.iter().map(|&b| u64::from(b)).sum::<u64>())
+}
+
+/// Check the pattern of `iter`; returns the checksum, or where the first wrong byte is.
+fn verify(buf: &[u8], iter: u32) -> Result<u64, String> {
+    let mut sum = 0u64;
+    let mut words = buf.chunks_exact(8);
+    let mut j = 0u64;
+    for w in &mut words {
+        let want = pattern_word(iter, j);
+        let got = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        if got != want {
+            return Err(format!(
+                "iteration {iter}: byte offset {}: got word {got:#018x}, expected {want:#018x}",
+                j * 8
+            ));
+        }
+        sum = sum.wrapping_add(got);
+        j += 1;
+    }
+    let tail = words.remainder();
+    let want = pattern_word(iter, j).to_le_bytes();
+    if tail != &want[..tail.len()] {
+        return Err(format!(
+            "iteration {iter}: the last {} bytes differ",
+            tail.len()
+        ));
+    }
+    Ok(sum.wrapping_add(tail.iter().map(|&b| u64::from(b)).sum::<u64>()))
+}
+
+/// One side of one GPU pair: its endpoint, connection and buffer.
+struct Side {
+    gpu: u32,
+    ep: Endpoint,
+    conn: Connection,
+    region: Arc<HostBuffer>,
+    buf: BufferId,
+    sending: bool,
+    checksum: u64,
+}
+
+impl Side {
+    fn new(gpu: u32, ep: Endpoint, conn: Connection, size: u64) -> Result<Self, BoxError> {
+        let mut ep = ep;
+        let region = Arc::new(HostBuffer::new(usize::try_from(size)?)?);
+        let buf = ep.register(region.clone())?;
+        let sending = conn.direction() == tcpx::endpoint::Direction::Send;
+        Ok(Self {
+            gpu,
+            ep,
+            conn,
+            region,
+            buf,
+            sending,
+            checksum: 0,
+        })
+    }
+
+    fn before(&mut self, iter: u32, verify_data: bool) -> Result<(), BoxError> {
+        if self.sending {
+            let mut bytes = self.region.lock()?;
+            self.checksum = self.checksum.wrapping_add(fill(&mut bytes, iter));
+        } else if verify_data {
+            // Poison, so a chunk that never lands cannot pass as last iteration's data.
+            self.region.lock()?.fill(0xa5);
+        }
+        Ok(())
+    }
+
+    fn post(&mut self, size: u64) -> Result<TransferId, BoxError> {
+        Ok(self.ep.post(self.conn.id(), self.buf, 0, size)?)
+    }
+
+    fn after(&mut self, iter: u32, verify_data: bool) -> Result<(), BoxError> {
+        if !self.sending && verify_data {
+            let bytes = self.region.lock()?;
+            let sum = verify(&bytes, iter).map_err(|e| format!("GPU {}: {e}", self.gpu))?;
+            self.checksum = self.checksum.wrapping_add(sum);
+        }
+        Ok(())
+    }
+}
+
+/// Timing of one iteration.
+#[derive(Clone, Copy, Debug)]
+struct IterTime {
+    iter: u32,
+    secs: f64,
+}
+
+fn gbps(bytes: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        bytes as f64 / secs / 1e9
+    } else {
+        0.0
+    }
+}
+
+fn summarize(times: &[IterTime], bytes_per_iter: u64) -> Value {
+    let mut rates: Vec<f64> = times.iter().map(|t| gbps(bytes_per_iter, t.secs)).collect();
+    rates.sort_by(f64::total_cmp);
+    let total_secs: f64 = times.iter().map(|t| t.secs).sum();
+    let n = rates.len().max(1);
+    json!({
+        "iters": times.len(),
+        "bytes_per_iter": bytes_per_iter,
+        "avg_gbps": gbps(bytes_per_iter * times.len() as u64, total_secs),
+        "median_gbps": rates.get(n / 2).copied().unwrap_or(0.0),
+        "min_gbps": rates.first().copied().unwrap_or(0.0),
+        "max_gbps": rates.last().copied().unwrap_or(0.0),
+        "avg_ms": total_secs * 1e3 / n as f64,
+    })
+}
+
+/// Per-channel counters, NIC counters and thread placement of an endpoint.
+fn endpoint_report(
+    side: &Side,
+    nic_before: &[(String, Option<tcpx::topology::NicBytes>)],
+) -> Value {
+    let sys = Sysfs::default();
+    let (channels, thread) = match side.ep.stats() {
+        Ok(s) => s,
+        Err(e) => return json!({ "error": e.to_string() }),
+    };
+    let chans: Vec<Value> = channels
+        .iter()
+        .map(|c| {
+            json!({
+                "channel": c.channel,
+                "nic": side.conn.nics().get(c.channel).map(|n| n.1.clone()),
+                "bytes": c.stats.bytes,
+                "chunks": c.stats.chunks,
+                "requests": c.stats.requests,
+                "test_calls": c.stats.test_calls,
+                "max_window_depth": c.stats.max_window_depth,
+            })
+        })
+        .collect();
+    let nics: Vec<Value> = nic_before
+        .iter()
+        .map(|(name, before)| {
+            let after = sys.nic_bytes(name);
+            let ours: u64 = channels
+                .iter()
+                .filter(|c| {
+                    side.conn
+                        .nics()
+                        .get(c.channel)
+                        .is_some_and(|n| &n.1 == name)
+                })
+                .map(|c| c.stats.bytes)
+                .sum();
+            json!({
+                "nic": name,
+                "our_bytes": ours,
+                "sysfs_tx_bytes": after.zip(*before).map(|(a, b)| a.tx.wrapping_sub(b.tx)),
+                "sysfs_rx_bytes": after.zip(*before).map(|(a, b)| a.rx.wrapping_sub(b.rx)),
+            })
+        })
+        .collect();
+    json!({
+        "gpu": side.gpu,
+        "role": if side.sending { "send" } else { "recv" },
+        "progress_thread": { "pinned": thread.pinned, "last_cpu": thread.last_cpu, "loops": thread.loops },
+        "channels": chans,
+        "nics": nics,
+    })
+}
+
+fn nic_snapshot(conn: &Connection) -> Vec<(String, Option<tcpx::topology::NicBytes>)> {
+    let sys = Sysfs::default();
+    let mut names: Vec<String> = conn.nics().iter().map(|n| n.1.clone()).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|n| {
+            let b = sys.nic_bytes(&n);
+            (n, b)
+        })
+        .collect()
+}
+
+/// Run `iters` warm-up + timed iterations over all `sides` at once (every side posts, then all
+/// are waited for); `sync` runs between iterations (a bootstrap barrier for multi-process runs).
+fn run_iterations(
+    args: &TransferArgs,
+    sides: &mut [Side],
+    mut sync: impl FnMut(&mut [Side], u32) -> Result<(), BoxError>,
+) -> Result<Vec<IterTime>, BoxError> {
+    let verify_data = !args.no_verify;
+    let total = args.warmup + args.iters;
+    let mut times = Vec::new();
+    let mut last_report = Instant::now();
+    for iter in 0..total {
+        for s in sides.iter_mut() {
+            s.before(iter, verify_data)?;
+        }
+        sync(sides, iter)?;
+        let deadline = Instant::now() + args.timeout;
+        let t = Instant::now();
+        let mut ids = Vec::with_capacity(sides.len());
+        for s in sides.iter_mut() {
+            ids.push(s.post(args.size)?);
+        }
+        for (s, id) in sides.iter_mut().zip(ids) {
+            s.ep.wait(id, deadline)
+                .map_err(|e| format!("GPU {} iteration {iter}: {e}", s.gpu))?;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        for s in sides.iter_mut() {
+            s.after(iter, verify_data)?;
+        }
+        if iter >= args.warmup {
+            let it = IterTime {
+                iter: iter - args.warmup,
+                secs,
+            };
+            if !args.json {
+                let pairs = sides.iter().filter(|s| !s.sending).count().max(1) as u64;
+                println!(
+                    "iter {:>4}  {:>10.3} ms  {:>8.2} GB/s{}",
+                    it.iter,
+                    secs * 1e3,
+                    gbps(args.size * pairs, secs),
+                    if verify_data { "  verified" } else { "" }
+                );
+            } else if last_report.elapsed() > Duration::from_secs(5) {
+                eprintln!("[tcpx-bench] iteration {}/{}", it.iter + 1, args.iters);
+                last_report = Instant::now();
+            }
+            times.push(it);
+        }
+    }
+    Ok(times)
+}
+
+fn finish(sides: &mut [Side], args: &TransferArgs) -> Result<Vec<Value>, BoxError> {
+    let mut out = Vec::new();
+    for s in sides.iter_mut() {
+        let ours = Done {
+            bytes: args.size * u64::from(args.warmup + args.iters),
+            checksum: s.checksum,
+            iters: args.warmup + args.iters,
+        };
+        let theirs = s.conn.finish(ours, Instant::now() + args.timeout)?;
+        let compared = !args.no_verify;
+        if compared && theirs.checksum != ours.checksum {
+            return Err(format!(
+                "GPU {}: checksums differ: ours {:#x}, peer's {:#x}",
+                s.gpu, ours.checksum, theirs.checksum
+            )
+            .into());
+        }
+        out.push(json!({ "gpu": s.gpu, "checksum": format!("{:#x}", ours.checksum), "checksum_matched": compared }));
+    }
+    Ok(out)
+}
+
+fn print_report(
+    args: &TransferArgs,
+    mode: &str,
+    times: &[IterTime],
+    pairs: u64,
+    reports: Vec<Value>,
+    extra: Value,
+) {
+    let summary = summarize(times, args.size * pairs);
+    let out = json!({
+        "bench": mode,
+        "plugin": args.plugin.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "tcpx-sim".into()),
+        "channels": args.channels,
+        "chunk_bytes": args.chunk_bytes,
+        "size": args.size,
+        "pairs": pairs,
+        "verified": !args.no_verify,
+        "summary": summary,
+        "iterations": times.iter().map(|t| json!({"iter": t.iter, "ms": t.secs * 1e3})).collect::<Vec<_>>(),
+        "endpoints": reports,
+        "extra": extra,
+    });
+    if args.json {
+        println!("{out}");
+        return;
+    }
+    println!(
+        "\n{mode}: {} × {} bytes, {} channels, {} KiB chunks, {}",
+        times.len(),
+        args.size * pairs,
+        args.channels,
+        args.chunk_bytes >> 10,
+        if args.no_verify {
+            "NOT verified"
+        } else {
+            "every byte verified"
+        }
+    );
+    println!(
+        "avg {:.2} GB/s  median {:.2}  min {:.2}  max {:.2}  ({:.3} ms/iter)",
+        summary["avg_gbps"].as_f64().unwrap_or(0.0),
+        summary["median_gbps"].as_f64().unwrap_or(0.0),
+        summary["min_gbps"].as_f64().unwrap_or(0.0),
+        summary["max_gbps"].as_f64().unwrap_or(0.0),
+        summary["avg_ms"].as_f64().unwrap_or(0.0),
+    );
+    for r in &reports {
+        let t = &r["progress_thread"];
+        println!(
+            "GPU {} ({}): progress thread pinned to {}, last on CPU {}",
+            r["gpu"],
+            r["role"].as_str().unwrap_or("?"),
+            t["pinned"],
+            t["last_cpu"]
+        );
+        for n in r["nics"].as_array().into_iter().flatten() {
+            println!(
+                "  NIC {}: our bytes {}, sysfs tx {} rx {}",
+                n["nic"].as_str().unwrap_or("?"),
+                n["our_bytes"],
+                n["sysfs_tx_bytes"],
+                n["sysfs_rx_bytes"]
+            );
+        }
+    }
+}
+
+/// `tcpx-bench loopback`: both sides in one process, one endpoint each (GPU ids 0 and 1).
+pub fn loopback(args: &TransferArgs) -> Result<(), BoxError> {
+    let plugin = args.load_plugin()?;
+    let deadline = Instant::now() + args.timeout;
+    let listener = BootstrapListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let addr = listener.local_addr();
+    let mut rx = Endpoint::new(plugin.clone(), args.endpoint_config(0)?)?;
+    let tx_cfg = args.endpoint_config(1)?;
+    let (size, iters) = (args.size, args.iters);
+    let client = std::thread::spawn(move || -> Result<(Endpoint, Connection), String> {
+        let mut tx = Endpoint::new(plugin, tx_cfg).map_err(|e| e.to_string())?;
+        let conn = tx
+            .connect(addr, size, iters, deadline)
+            .map_err(|e| e.to_string())?;
+        Ok((tx, conn))
+    });
+    args.say(format_args!(
+        "connecting {} channels on loopback",
+        args.channels
+    ));
+    let rconn = rx.serve(&listener, deadline)?;
+    let (tx, tconn) = client.join().map_err(|_| "the client thread panicked")??;
+    let nic_before = nic_snapshot(&rconn);
+    let mut sides = vec![
+        Side::new(0, rx, rconn, args.size)?,
+        Side::new(1, tx, tconn, args.size)?,
+    ];
+    args.say(format_args!(
+        "running {} + {} iterations of {} bytes",
+        args.warmup, args.iters, args.size
+    ));
+    let times = run_iterations(args, &mut sides, |_, _| Ok(()))?;
+    // Both sides in this process: compare the checksums directly.
+    if !args.no_verify && sides[0].checksum != sides[1].checksum {
+        return Err(format!(
+            "checksums differ: received {:#x}, sent {:#x}",
+            sides[0].checksum, sides[1].checksum
+        )
+        .into());
+    }
+    let reports = sides
+        .iter()
+        .map(|s| endpoint_report(s, &nic_before))
+        .collect();
+    print_report(args, "loopback", &times, 1, reports, json!({}));
+    Ok(())
+}
+
+/// Arguments of `server`.
+#[derive(clap::Args, Debug)]
+pub struct ServerArgs {
+    /// The GPU (bootstrap port = base + gpu).
+    #[arg(default_value_t = 0)]
+    pub gpu: u32,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    #[command(flatten)]
+    pub common: TransferArgs,
+}
+
+/// Arguments of `client`.
+#[derive(clap::Args, Debug)]
+pub struct ClientArgs {
+    /// The server's address.
+    pub server: IpAddr,
+    /// The GPU (bootstrap port = base + gpu).
+    #[arg(default_value_t = 0)]
+    pub gpu: u32,
+    #[command(flatten)]
+    pub common: TransferArgs,
+}
+
+fn barrier_each(sides: &mut [Side], iter: u32, timeout: Duration) -> Result<(), BoxError> {
+    let deadline = Instant::now() + timeout;
+    for s in sides.iter_mut() {
+        s.conn.barrier(iter + 1, deadline)?;
+    }
+    Ok(())
+}
+
+/// `tcpx-bench server`: receive on GPU `gpu`.
+pub fn server(a: &ServerArgs) -> Result<(), BoxError> {
+    let args = &a.common;
+    let plugin = args.load_plugin()?;
+    let port = port_for(args.port_base, a.gpu).ok_or("port base + gpu overflows")?;
+    let listener = BootstrapListener::bind(SocketAddr::new(a.bind, port))?;
+    args.say(format_args!(
+        "GPU {} waiting for a client on {}",
+        a.gpu,
+        listener.local_addr()
+    ));
+    let mut ep = Endpoint::new(plugin, args.endpoint_config(a.gpu)?)?;
+    let conn = ep.serve(&listener, Instant::now() + args.timeout)?;
+    run_pair(args, a.gpu, ep, conn, "server")
+}
+
+/// `tcpx-bench client`: send from GPU `gpu`.
+pub fn client(a: &ClientArgs) -> Result<(), BoxError> {
+    let args = &a.common;
+    let plugin = args.load_plugin()?;
+    let port = port_for(args.port_base, a.gpu).ok_or("port base + gpu overflows")?;
+    let mut ep = Endpoint::new(plugin, args.endpoint_config(a.gpu)?)?;
+    args.say(format_args!(
+        "GPU {} connecting to {}:{port}",
+        a.gpu, a.server
+    ));
+    let conn = ep.connect(
+        SocketAddr::new(a.server, port),
+        args.size,
+        args.iters,
+        Instant::now() + args.timeout,
+    )?;
+    run_pair(args, a.gpu, ep, conn, "client")
+}
+
+fn run_pair(
+    args: &TransferArgs,
+    gpu: u32,
+    ep: Endpoint,
+    conn: Connection,
+    mode: &str,
+) -> Result<(), BoxError> {
+    let agreed = conn.agreement();
+    let mut args = args.clone();
+    // The client proposes size and iterations; the server's Handles echo them; both plan alike.
+    args.size = agreed.bytes;
+    args.iters = agreed.iters;
+    args.channels = agreed.channels;
+    args.chunk_bytes = agreed.chunk_bytes.into();
+    let nic_before = nic_snapshot(&conn);
+    let mut sides = vec![Side::new(gpu, ep, conn, args.size)?];
+    let timeout = args.timeout;
+    let times = run_iterations(&args, &mut sides, |s, iter| barrier_each(s, iter, timeout))?;
+    let checks = finish(&mut sides, &args)?;
+    let reports = sides
+        .iter()
+        .map(|s| endpoint_report(s, &nic_before))
+        .collect();
+    print_report(
+        &args,
+        mode,
+        &times,
+        1,
+        reports,
+        json!({ "checksums": checks }),
+    );
+    Ok(())
+}
+
+/// Arguments of `orchestrator`.
+#[derive(clap::Args, Debug)]
+pub struct OrchestratorArgs {
+    /// `server` (receive on every GPU) or `client` (send from every GPU).
+    #[arg(value_enum)]
+    pub role: Role,
+    /// The server's address (client role).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub server: IpAddr,
+    /// The GPUs, e.g. `0-7`.
+    #[arg(long, default_value = "0-7")]
+    pub gpus: String,
+    #[command(flatten)]
+    pub common: TransferArgs,
+}
+
+/// Orchestrator roles.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Receive on every GPU.
+    Server,
+    /// Send from every GPU.
+    Client,
+}
+
+/// `tcpx-bench orchestrator`: every GPU of a node in one process, one endpoint (and progress
+/// thread) per GPU. The server binds every GPU's bootstrap port before accepting any; the
+/// client connects GPU by GPU in ascending order.
+pub fn orchestrator(a: &OrchestratorArgs) -> Result<(), BoxError> {
+    let args = &a.common;
+    let gpus: Vec<u32> = tcpx::topology::parse_cpulist(&a.gpus)
+        .into_iter()
+        .map(|g| g as u32)
+        .collect();
+    if gpus.is_empty() {
+        return Err(format!("--gpus: no GPUs in {:?}", a.gpus).into());
+    }
+    let plugin = args.load_plugin()?;
+    let deadline = Instant::now() + args.timeout;
+    let mut sides = Vec::new();
+    match a.role {
+        Role::Server => {
+            let listeners = gpus
+                .iter()
+                .map(|&g| {
+                    let port = port_for(args.port_base, g).ok_or("port base + gpu overflows")?;
+                    Ok(BootstrapListener::bind(SocketAddr::new(
+                        [0, 0, 0, 0].into(),
+                        port,
+                    ))?)
+                })
+                .collect::<Result<Vec<_>, BoxError>>()?;
+            for (&g, l) in gpus.iter().zip(&listeners) {
+                args.say(format_args!(
+                    "GPU {g}: waiting for its client on {}",
+                    l.local_addr()
+                ));
+                let mut ep = Endpoint::new(plugin.clone(), args.endpoint_config(g)?)?;
+                let conn = ep.serve(l, deadline)?;
+                sides.push((g, ep, conn));
+            }
+        }
+        Role::Client => {
+            for &g in &gpus {
+                let port = port_for(args.port_base, g).ok_or("port base + gpu overflows")?;
+                args.say(format_args!("GPU {g}: connecting to {}:{port}", a.server));
+                let mut ep = Endpoint::new(plugin.clone(), args.endpoint_config(g)?)?;
+                let conn = ep.connect(
+                    SocketAddr::new(a.server, port),
+                    args.size,
+                    args.iters,
+                    deadline,
+                )?;
+                sides.push((g, ep, conn));
+            }
+        }
+    }
+    let nic_before = sides
+        .first()
+        .map(|s| nic_snapshot(&s.2))
+        .unwrap_or_default();
+    let mut sides = sides
+        .into_iter()
+        .map(|(g, ep, conn)| Side::new(g, ep, conn, args.size))
+        .collect::<Result<Vec<_>, _>>()?;
+    let timeout = args.timeout;
+    let times = run_iterations(args, &mut sides, |s, iter| barrier_each(s, iter, timeout))?;
+    let checks = finish(&mut sides, args)?;
+    let reports = sides
+        .iter()
+        .map(|s| endpoint_report(s, &nic_before))
+        .collect();
+    print_report(
+        args,
+        "orchestrator",
+        &times,
+        gpus.len() as u64,
+        reports,
+        json!({ "checksums": checks }),
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("512K"), Ok(512_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("99999999999GiB").is_err());
+    }
+
+    #[test]
+    fn pattern_round_trips_and_catches_misplaced_bytes() {
+        for len in [0usize, 1, 7, 8, 9, 4096, 4099] {
+            let mut b = vec![0u8; len];
+            let sum = fill(&mut b, 3);
+            assert_eq!(verify(&b, 3), Ok(sum));
+            if len > 0 {
+                assert!(
+                    verify(&b, 4).is_err() || len < 8,
+                    "another iteration's data must fail"
+                );
+                b[len / 2] ^= 1;
+                assert!(verify(&b, 3).is_err());
+            }
+        }
+        let mut a = vec![0u8; 64];
+        fill(&mut a, 0);
+        a.copy_within(0..8, 8); // a word in the wrong place
+        assert!(verify(&a, 0).unwrap_err().contains("byte offset 8"));
+    }
+}

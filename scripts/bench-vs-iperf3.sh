@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# One command, two measurements on loopback, side by side:
+#   1. N parallel iperf3 client/server pairs (N processes each side; not `iperf3 -P N`, which
+#      serves every stream from one thread in iperf3 3.12), summed;
+#   2. `tcpx-bench loopback` with N channels over tcpx-sim, every byte verified.
+# Prints both and their ratio, then one JSON line.
+#
+# usage: scripts/bench-vs-iperf3.sh [-n N] [-t SECONDS] [--bench PATH] [--iperf3-root DIR]
+#                                   [-- extra tcpx-bench loopback arguments]
+#   --bench PATH        tcpx-bench binary (default: target/release/tcpx-bench, built if missing)
+#   --iperf3-root DIR   a folder where iperf3's .deb files were unpacked with `dpkg -x`
+#                       (machines without network; see scripts/install-iperf3.sh --download)
+set -euo pipefail
+N=8 T=10 BENCH= ROOT=
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    -n) N=$2; shift 2 ;;
+    -t) T=$2; shift 2 ;;
+    --bench) BENCH=$2; shift 2 ;;
+    --iperf3-root) ROOT=$2; shift 2 ;;
+    --) shift; break ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "unknown argument $1 (try --help)" >&2; exit 2 ;;
+  esac
+done
+cd "$(dirname "$0")/.."
+IPERF3=iperf3
+if [[ -n "$ROOT" ]]; then
+  IPERF3="$ROOT/usr/bin/iperf3"
+  export LD_LIBRARY_PATH="$ROOT/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+command -v "$IPERF3" >/dev/null || { echo "iperf3 not found: run scripts/install-iperf3.sh" >&2; exit 1; }
+if [[ -z "$BENCH" ]]; then
+  BENCH=target/release/tcpx-bench
+  [[ -x $BENCH ]] || cargo build --release -p tcpx-bench
+fi
+tmp=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
+
+echo "== $N parallel iperf3 pairs on loopback, ${T}s" >&2
+for i in $(seq 0 $((N - 1))); do
+  "$IPERF3" -s -1 -p $((5301 + i)) >/dev/null 2>&1 &
+done
+sleep 1
+for i in $(seq 0 $((N - 1))); do
+  "$IPERF3" -c 127.0.0.1 -p $((5301 + i)) -t "$T" -J >"$tmp/iperf$i.json" &
+done
+wait
+iperf_gbps=$(python3 - "$tmp" "$N" <<'PY'
+import json, sys
+d, n = sys.argv[1], int(sys.argv[2])
+total = sum(json.load(open(f"{d}/iperf{i}.json"))["end"]["sum_received"]["bits_per_second"] for i in range(n))
+print(f"{total / 8 / 1e9:.3f}")
+PY
+)
+echo "iperf3: $iperf_gbps GB/s" >&2
+
+echo "== tcpx-bench loopback, $N channels" >&2
+"$BENCH" loopback --channels "$N" --size 256MiB --iters 20 --json "$@" >"$tmp/tcpx.json"
+tcpx_gbps=$(python3 -c 'import json,sys; print("%.3f" % json.load(open(sys.argv[1]))["summary"]["avg_gbps"])' "$tmp/tcpx.json")
+verified=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["verified"])' "$tmp/tcpx.json")
+ratio=$(python3 -c "print(f'{$tcpx_gbps / $iperf_gbps:.3f}')")
+printf '\n%-40s %10s\n' "what" "GB/s"
+printf '%-40s %10s\n' "$N parallel iperf3 pairs (loopback)" "$iperf_gbps"
+printf '%-40s %10s\n' "tcpx-bench loopback, $N channels" "$tcpx_gbps"
+printf '%-40s %10s\n' "ratio (target >= 0.8)" "$ratio"
+echo "{\"channels\": $N, \"iperf3_gbps\": $iperf_gbps, \"tcpx_gbps\": $tcpx_gbps, \"ratio\": $ratio, \"verified\": $verified, \"cores\": $(nproc)}"
