@@ -616,13 +616,19 @@ impl Endpoint {
                 return Err(Error::EngineGone);
             }
             spins = spins.wrapping_add(1);
-            if spins % 1024 == 0 && Instant::now() >= deadline {
+            if spins % 64 == 0 && Instant::now() >= deadline {
                 return Err(Error::Timeout {
                     what: "transfer",
                     waited: start.elapsed(),
                 });
             }
-            std::hint::spin_loop();
+            // Spin a little (a completion often follows closely), then give the CPU to the
+            // progress thread and the plugin's socket threads between checks.
+            if spins < 256 {
+                std::hint::spin_loop();
+            } else {
+                thread::yield_now();
+            }
         }
     }
 
