@@ -79,7 +79,7 @@ fn steady_state_transfers_allocate_nothing() {
         .register(Arc::new(HostBuffer::new(len as usize).unwrap()))
         .unwrap();
 
-    let mut round = |rx: &mut Endpoint, tx: &mut Endpoint| {
+    let round = |rx: &mut Endpoint, tx: &mut Endpoint| {
         let r = rx.post(rconn.id(), rbuf, 0, len).unwrap();
         let s = tx.post(tconn.id(), sbuf, 0, len).unwrap();
         tx.wait(s, deadline()).unwrap();

@@ -1,1 +1,143 @@
-//! placeholder: being written.
+//! # tcpx-sim — an NCCL net plugin that behaves like GPUDirect-TCPX, over kernel TCP
+//!
+//! tcpx-sim exports `ncclNetPlugin_v7` with the ABI, limits, return codes and unpack metadata of
+//! Google's TCPX plugin (`GPUDirectTCPX_v7`, open-source 3.1.9), but moves bytes over ordinary
+//! TCP sockets, so it runs on any Linux box, loopback included. Every TCPX rule is enforced, and
+//! every violation **fails loudly**: a WARN through the NCCL logger that names the rule, what TCPX
+//! would do, and the code returned (TCPX's own code; `ncclInternalError` where TCPX would crash,
+//! hang or corrupt memory instead). The reference for every rule is
+//! `shared/reference/tcpx-plugin-contract.md`.
+//!
+//! The table's name is **`tcpx-sim_v7`** (not `GPUDirectTCPX_v7`) so logs tell the two apart;
+//! log lines start with `NET/tcpx-sim : <call>:`.
+//!
+//! ## What it emulates
+//!
+//! | area | behaviour (TCPX's unless marked *sim*) |
+//! |---|---|
+//! | properties | `name` = interface, `pciPath` = realpath of `/sys/class/net/<if>/device` or NULL, `guid` = dev index, `ptrSupport` = HOST\|CUDA, `speed` from `/sys/class/net/<if>/speed` or 10000, `maxComms` 65536, `maxRecvs` 1, `netDeviceType` UNPACK, `netDeviceVersion` 7 |
+//! | devices | NICs matching `NCCL_GPUDIRECTTCPX_SOCKET_IFNAME`, sorted, ≤ 16; unset = `lo` (*sim*); or virtual NICs |
+//! | listen/connect/accept | non-blocking: the first call starts a thread and returns success with a NULL comm; retry with the same handle buffer / listen comm; `connect` writes its state key at handle offset 80; one connect per handle, one accept per listen comm; `connect` completes only once the peer's accept runs |
+//! | accept's device handle | fills the caller's 32-byte `ncclNetDeviceHandle_v7_t`: UNPACK, version 7, `handle` → 24-byte `{meta, bounce_buf, head = u64::MAX}`, size 24, `needsProxyProgress` 1 |
+//! | sockets, threads | 1 control + `NSOCKS_PERTHREAD × NTHREADS` (≤ 8) data sockets per comm; `NTHREADS` helper threads, socket `i` on thread `i % NTHREADS`; chunks of `NCCL_DYNAMIC_CHUNK_SIZE`, round robin over sockets with < 6 chunks in flight, one control message per chunk |
+//! | requests | ≤ 16 per comm ("unable to allocate requests"); a recv holds its slot until `irecvConsumed`; irecv `n == 1`; tags ignored; FIFO matching; `test` only on the oldest outstanding request; `test` never writes `sizes`; progress only inside `test` |
+//! | receives | the k-th receive uses unpack slot `k % 16`; size-0 messages take a slot (cnt 0); `irecvConsumed` in FIFO order, only after done; host receives land in the irecv buffer, `cnt[slot] = 0` |
+//! | errors | peer closed / socket error → `ncclSystemError` (2) from `test`; contract violations → `ncclInternalError` (3) |
+//! | memory | `regMr(HOST)` records the buffer; `regMr(CUDA)` checks `NCCL_USE_DMA_BUF` and `data % 4096 == 0`, then fails in host mode ("CUDA memory needs tcpx-sim CUDA mode"); `regMrDmaBuf` NULL; `getDeviceMr` no-op; `iflush` fails ("never call iflush on TCPX") |
+//! | close | stops helper threads; WARNs when receives were not consumed |
+//!
+//! Stricter than TCPX (*sim*), each a loud failure instead of a crash, hang or silent corruption:
+//! a NULL logger, `NCCL_DYNAMIC_CHUNK_SIZE` unset/0 or `NCCL_SOCKET_NTHREADS` > 8 fail `init`;
+//! a message larger than the posted receive fails that receive's `test` (TCPX overflows); `accept`
+//! with a NULL device-handle pointer makes the first `irecv` fail (TCPX segfaults); `test` on a
+//! done receive, `irecvConsumed` on a send request, a buffer outside its registration, two
+//! threads inside one comm, a forged handle or pointer — all fail. `deregMr` of a registration
+//! that outstanding requests use succeeds like TCPX, with a WARN.
+//!
+//! ## Environment (read once per `init`; see [`config`] for ranges)
+//!
+//! * `NCCL_DYNAMIC_CHUNK_SIZE` — **required**, bytes per chunk (GCP: 524288).
+//! * `NCCL_NSOCKS_PERTHREAD` (1..8, default 1), `NCCL_SOCKET_NTHREADS` (1..16, default 1).
+//! * `NCCL_GPUDIRECTTCPX_SOCKET_IFNAME` — NIC filter (`eth`, `=eth1,eth2`, `^docker,lo`); default `=lo`.
+//! * `NCCL_GPUDIRECTTCPX_SOCKET_FAMILY` — `AF_INET` / `AF_INET6`.
+//! * `NCCL_GPUDIRECTTCPX_CTRL_DEV` — control sockets on this interface.
+//! * `NCCL_GPUDIRECTTCPX_SOCKET_ENABLE` — 0 makes `init` fail.
+//! * `NCCL_GPUDIRECTTCPX_FLOW_STEERING_STRATEGY` — anything but 3 makes `init` fail.
+//! * `NCCL_GPUDIRECTTCPX_PROGRAM_FLOW_STEERING_WAIT_MICROS` — sleep after accept (sim default 0; TCPX 5 s).
+//! * `NCCL_USE_DMA_BUF` — 0 makes CUDA `regMr` fail.
+//! * `TCPX_SIM_VIRTUAL_NICS` — *sim only*: virtual NICs on loopback, below.
+//!
+//! ## Virtual NICs
+//!
+//! `TCPX_SIM_VIRTUAL_NICS` replaces interface discovery with NICs that have their own name,
+//! address and PCI path but live on loopback, so NIC choice by PCI topology can be tested on one
+//! machine:
+//!
+//! ```text
+//! TCPX_SIM_VIRTUAL_NICS="eth1=127.0.0.1@/sys/devices/pci0000:01/0000:01:00.0/0000:06:00.0,eth2=127.0.0.2@/sys/devices/pci0000:81/0000:81:00.0/0000:86:00.0#200000"
+//! entry := name '=' address [ '@' pci_path ] [ '#' speed_mbps ]
+//! ```
+//!
+//! Each address must be bindable (every 127.x.y.z is on Linux); the PCI path is reported as given
+//! (it need not exist) or NULL; speed defaults to 10000. `NCCL_GPUDIRECTTCPX_SOCKET_IFNAME` still
+//! filters them; they are sorted by name. Sockets of a NIC bind to its address. Details: [`nic`].
+//!
+//! ## Using it with NCCL
+//!
+//! ```text
+//! # NCCL_NET_PLUGIN=<name> makes NCCL dlopen libnccl-net-<name>.so from the library path;
+//! # newer NCCL releases also take a full path. A symlink works everywhere:
+//! ln -s /path/to/libtcpx_sim.so /some/dir/libnccl-net-tcpx-sim.so
+//! LD_LIBRARY_PATH=/some/dir NCCL_NET_PLUGIN=tcpx-sim NCCL_NET=tcpx-sim_v7 \
+//! NCCL_DYNAMIC_CHUNK_SIZE=524288 NCCL_GPUDIRECTTCPX_SOCKET_IFNAME=lo <your NCCL program>
+//! ```
+//!
+//! Like TCPX it reports `ptrSupport = HOST|CUDA` and an UNPACK device type, so NCCL registers
+//! GPU buffers; in this host-mode build that `regMr` fails loudly. Running NCCL end to end needs
+//! the CUDA mode ([`bounce`]).
+//!
+//! The `tcpx` crate loads it like the real plugin (`Plugin::load(path)`); in-process users can
+//! take the table directly with [`plugin_v7`].
+//!
+//! ## What it does not emulate
+//!
+//! CUDA memory (host mode only in this build; [`bounce`] is the seam for a CUDA mode with a GPU
+//! bounce pool), devmem-TCP, zero-copy send and its completion notifications, RxDM and flow
+//! steering (the wait after accept is honoured), the ConnectionState retries, the per-socket
+//! 100 ms connect delay, TX/RX CPU bindings and thread pinning, `NCCL_GPUDIRECTTCPX_RECV_SYNC`,
+//! `NCCL_INLINE_THRESHOLD` (size-0 messages are always inline), the KATY scheduler, slowness
+//! reports, telemetry, TCPX's per-receive "requested receive on host mem buffer" WARN, TCPX's
+//! `exit(1)` paths, and interface auto-detection beyond falling back to `lo`.
+//!
+//! ## Layout
+//!
+//! `unsafe` lives in three modules: [`ffi`] (the exported table and entry points), [`hostmem`]
+//! (slices over caller-registered buffers) and [`bounce`] (the unpack-queue allocation), plus the
+//! logger call in [`log`]. Everything else forbids it.
+//!
+//! | module | role |
+//! |---|---|
+//! | [`ffi`] | `ncclNetPlugin_v7`, NULL checks, magic checks, `catch_unwind` |
+//! | [`plugin`] | `init` state, the objects behind comm/request pointers |
+//! | [`conn`] | listen / connect / accept threads and the handshake |
+//! | [`comm`] | send and recv comms: chunking, control messages, progress in `test` |
+//! | [`request`] | the 16-slot FIFO request ring |
+//! | [`helper`] | helper threads doing blocking socket I/O |
+//! | [`hostmem`] | registered host buffers and the ranges helpers move |
+//! | [`bounce`] | unpack queue, CUDA registration seam |
+//! | [`config`], [`nic`] | environment and devices |
+//! | [`wire`] | handle, hello and control-message encodings |
+//! | [`error`], [`log`] | failures and how they are reported |
+//!
+//! ```
+//! let t = tcpx_sim::plugin_v7();
+//! // SAFETY: the table's name is a static NUL-terminated string.
+//! let name = unsafe { std::ffi::CStr::from_ptr(t.name) };
+//! assert_eq!(name.to_str().unwrap(), "tcpx-sim_v7");
+//! ```
+#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod bounce;
+pub mod comm;
+pub mod config;
+pub mod conn;
+pub mod error;
+pub mod ffi;
+pub mod helper;
+pub mod hostmem;
+pub mod log;
+pub mod nic;
+pub mod plugin;
+pub mod request;
+pub mod wire;
+
+use tcpx::net::abi::NetPluginV7;
+
+/// The exported `ncclNetPlugin_v7` table, for in-process use without `dlopen`.
+pub fn plugin_v7() -> &'static NetPluginV7 {
+    &ffi::ncclNetPlugin_v7.0
+}

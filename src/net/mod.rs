@@ -18,8 +18,12 @@
 //! let plugin = Plugin::load("/usr/local/tcpx/lib64/libnccl-net.so")?;
 //! let deadline = Instant::now() + Duration::from_secs(30);
 //! let listen = plugin.listen(0)?;
-//! let send = plugin.connect(0, listen.handle(), deadline)?; // loopback: connect to ourselves
+//! // Loopback: connect to ourselves. TCPX's connect completes only once the peer accepts, so
+//! // the two run on different threads.
+//! let (p, handle) = (plugin.clone(), *listen.handle());
+//! let connecting = std::thread::spawn(move || p.connect(0, &handle, deadline));
 //! let recv = listen.accept(deadline)?;
+//! let send = connecting.join().expect("connect thread")?;
 //!
 //! let (src, dst) = (Arc::new(HostBuffer::new(4096)?), Arc::new(HostBuffer::new(4096)?));
 //! let (smh, rmh) = (send.register(src)?, recv.register(dst.clone())?);

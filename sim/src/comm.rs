@@ -1,0 +1,903 @@
+//! Send and recv comms: the TCPX request protocol over one control socket and `nsocks` data
+//! sockets.
+//!
+//! **Sender.** `isend` only posts (slot in the [`RequestRing`]). `test` makes progress:
+//! 1. reap: each data socket's completion counter says how many of its queued chunks the helper
+//!    finished; their bytes are credited to their requests;
+//! 2. dispatch: the posted requests are cut, in order, into chunks of `NCCL_DYNAMIC_CHUNK_SIZE`;
+//!    each chunk goes to the next data socket (round robin, like TCPX's `FlowMapperRR`) that has
+//!    fewer than [`MAX_TASKS`] chunks in flight, and gets a control message; a size-0 message gets
+//!    one "empty" control message and no data;
+//! 3. flush: buffered control messages are written to the non-blocking control socket.
+//!
+//! A send is done when all its chunks were written to their sockets and all its control messages
+//! were flushed; its slot is freed at that `test`.
+//!
+//! **Receiver.** `irecv` posts; `test` reaps like the sender, reads control messages (non-blocking)
+//! and matches them, strictly FIFO, to the posted receives: the k-th message goes to the k-th
+//! `irecv`, tags are ignored. The first control message of a message carries its size, which
+//! must fit the posted size — TCPX overwrites the size and overflows; the sim fails the receive
+//! (`ncclInternalError`) and never writes past the buffer. Each chunk becomes a receive task on its
+//! data socket, straight into the irecv buffer at the chunk's offset. A receive is done when all
+//! its bytes arrived; `test` then publishes `cnt[slot] = 0` in the unpack queue (host memory: no
+//! fragments) and the receive keeps its slot until `irecvConsumed`.
+//!
+//! Errors: a helper's socket error or a closed peer (a control stream that ends while a posted
+//! receive still needs control messages, a data socket that ends mid-chunk) fail `test` with
+//! `ncclSystemError` (2) like TCPX; any failure is sticky — later calls on the comm return it again
+//! ([`SimError::Broken`]).
+//!
+//! ```no_run
+//! # use tcpx_sim::comm::{Link, Memory, SendComm};
+//! # use tcpx_sim::hostmem::HostRegion;
+//! # fn demo(link: Link, buf: &mut [u8]) -> Result<(), tcpx_sim::error::SimError> {
+//! let mut comm = SendComm::new(link, 524288)?;
+//! // SAFETY: `buf` outlives the comm and is untouched until the send is done.
+//! let mh = comm.register(Memory::Host(unsafe { HostRegion::new(buf.as_mut_ptr() as usize, buf.len()) }));
+//! let slot = comm.isend(buf.as_ptr() as usize, buf.len() as i32, mh)?;
+//! while !comm.test(slot)? {}
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+
+use crate::bounce::{CudaRegistration, UnpackQueue};
+use crate::error::SimError;
+use crate::helper::{Direction, Helpers, Task};
+use crate::hostmem::{HostRegion, IoRange};
+use crate::request::RequestRing;
+use crate::wire::{Ctrl, CtrlKind, CTRL_LEN};
+
+/// TCPX's `MAX_TASKS`: chunks in flight per data socket.
+pub const MAX_TASKS: usize = 6;
+/// Control messages buffered per comm before the socket must drain.
+const CTRL_FIFO_MSGS: usize = 64;
+
+/// An established connection: what connect/accept hand to a comm.
+#[derive(Debug)]
+pub struct Link {
+    /// The control socket (set non-blocking by the comm).
+    pub ctrl: TcpStream,
+    /// The data sockets, by index.
+    pub data: Vec<TcpStream>,
+    /// Helper threads for the data sockets.
+    pub nthreads: usize,
+}
+
+/// What a registration covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Memory {
+    /// Host memory (`NCCL_PTR_HOST`).
+    Host(HostRegion),
+    /// Device memory accepted by the device backend (`NCCL_PTR_CUDA`).
+    Cuda(CudaRegistration),
+}
+
+/// mhandle values: unique in the process, never 0, never dereferenced.
+static NEXT_MHANDLE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0x5100);
+
+/// A comm's registrations, keyed by their mhandle.
+#[derive(Debug, Default)]
+struct Registrations {
+    list: Vec<(usize, Memory)>,
+}
+
+impl Registrations {
+    fn add(&mut self, mem: Memory) -> usize {
+        let id = NEXT_MHANDLE.fetch_add(0x10, std::sync::atomic::Ordering::Relaxed);
+        self.list.push((id, mem));
+        id
+    }
+
+    fn find(&self, id: usize) -> Result<Memory, SimError> {
+        self.list
+            .iter()
+            .find(|(k, _)| *k == id)
+            .map(|(_, m)| *m)
+            .ok_or(SimError::UnknownMhandle)
+    }
+
+    fn remove(&mut self, id: usize) -> Result<(), SimError> {
+        let pos = self
+            .list
+            .iter()
+            .position(|(k, _)| *k == id)
+            .ok_or(SimError::UnknownMhandle)?;
+        self.list.swap_remove(pos);
+        Ok(())
+    }
+}
+
+/// Resolves `[addr, addr + size)` inside registration `mhandle`.
+fn resolve(
+    regs: &Registrations,
+    addr: usize,
+    size: i32,
+    mhandle: usize,
+) -> Result<IoRange, SimError> {
+    if size < 0 {
+        return Err(SimError::NegativeSize {
+            size: i64::from(size),
+        });
+    }
+    let size = size as usize;
+    match regs.find(mhandle)? {
+        Memory::Host(region) => {
+            if size == 0 {
+                return Ok(IoRange::EMPTY);
+            }
+            region
+                .range(addr, size)
+                .ok_or(SimError::OutsideRegistration {
+                    addr,
+                    size,
+                    base: region.base(),
+                    len: region.len(),
+                })
+        }
+        Memory::Cuda(_) => Err(SimError::CudaNeedsCudaMode),
+    }
+}
+
+/// A small byte FIFO for control messages.
+#[derive(Debug)]
+struct ByteFifo {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl ByteFifo {
+    fn new(cap: usize) -> Self {
+        ByteFifo {
+            buf: vec![0u8; cap].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn compact(&mut self) {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+    }
+
+    fn has_room(&mut self, n: usize) -> bool {
+        if self.buf.len() - self.end < n {
+            self.compact();
+        }
+        self.buf.len() - self.end >= n
+    }
+
+    fn push(&mut self, b: &[u8]) {
+        let n = b.len();
+        self.buf[self.end..self.end + n].copy_from_slice(b);
+        self.end += n;
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n.min(self.len());
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    fn space_mut(&mut self) -> &mut [u8] {
+        self.compact();
+        let end = self.end;
+        &mut self.buf[end..]
+    }
+
+    fn produced(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.buf.len());
+    }
+
+    fn first_msg(&self) -> Option<[u8; CTRL_LEN]> {
+        let p = self.pending();
+        let mut m = [0u8; CTRL_LEN];
+        m.copy_from_slice(p.get(..CTRL_LEN)?);
+        Some(m)
+    }
+}
+
+/// Per data socket: the chunks in flight, in submission order, and how many were reaped.
+#[derive(Debug)]
+struct SockBook {
+    inflight: VecDeque<(u64, u32)>,
+    reaped: u64,
+}
+
+fn new_books(n: usize) -> Vec<SockBook> {
+    (0..n)
+        .map(|_| SockBook {
+            inflight: VecDeque::with_capacity(MAX_TASKS),
+            reaped: 0,
+        })
+        .collect()
+}
+
+/// Credits finished chunks to their requests.
+fn reap<T>(
+    helpers: &Helpers,
+    books: &mut [SockBook],
+    reqs: &mut RequestRing<T>,
+    mut credit: impl FnMut(&mut T, u32),
+) {
+    for (s, book) in books.iter_mut().enumerate() {
+        let done = helpers.completed(s);
+        while book.reaped < done {
+            let Some((k, len)) = book.inflight.pop_front() else {
+                break;
+            };
+            if let Some(r) = reqs.get_mut(k) {
+                credit(r, len);
+            }
+            book.reaped += 1;
+        }
+    }
+}
+
+fn check_broken(broken: &Option<SimError>) -> Result<(), SimError> {
+    match broken {
+        Some(e) => Err(SimError::Broken { rc: e.rc() }),
+        None => Ok(()),
+    }
+}
+
+#[derive(Debug)]
+struct SendReq {
+    range: IoRange,
+    size: u32,
+    dispatched: u32,
+    completed: u32,
+    announced: bool,
+    ctrl_end: u64,
+    reg: usize,
+}
+
+/// The sending side of a connection (`connect`).
+#[derive(Debug)]
+pub struct SendComm {
+    ctrl: TcpStream,
+    helpers: Helpers,
+    books: Vec<SockBook>,
+    reqs: RequestRing<SendReq>,
+    regs: Registrations,
+    chunk: u32,
+    next_sock: usize,
+    dispatch: u64,
+    out: ByteFifo,
+    ctrl_pushed: u64,
+    ctrl_written: u64,
+    broken: Option<SimError>,
+}
+
+impl SendComm {
+    /// Starts the helper threads over an established connection.
+    pub fn new(link: Link, chunk_size: usize) -> Result<SendComm, SimError> {
+        link.ctrl
+            .set_nonblocking(true)
+            .map_err(|e| SimError::from_io("fcntl", None, &e))?;
+        let nsocks = link.data.len();
+        let helpers = Helpers::spawn(Direction::Send, link.data, link.nthreads, MAX_TASKS)?;
+        Ok(SendComm {
+            ctrl: link.ctrl,
+            helpers,
+            books: new_books(nsocks),
+            reqs: RequestRing::new(),
+            regs: Registrations::default(),
+            chunk: u32::try_from(chunk_size).unwrap_or(u32::MAX).max(1),
+            next_sock: 0,
+            dispatch: 0,
+            out: ByteFifo::new(CTRL_FIFO_MSGS * CTRL_LEN),
+            ctrl_pushed: 0,
+            ctrl_written: 0,
+            broken: None,
+        })
+    }
+
+    /// `regMr`: records the memory; returns the mhandle.
+    pub fn register(&mut self, mem: Memory) -> usize {
+        self.regs.add(mem)
+    }
+
+    /// `deregMr`. Succeeds like TCPX even while outstanding requests use the registration
+    /// (they keep their own copy of the range); returns how many do, for the caller's WARN.
+    pub fn deregister(&mut self, mhandle: usize) -> Result<usize, SimError> {
+        self.regs.remove(mhandle)?;
+        Ok(self.reqs.iter().filter(|r| r.reg == mhandle).count())
+    }
+
+    /// `isend`: posts a send of `size` bytes at `data`; returns the request's slot.
+    pub fn isend(&mut self, data: usize, size: i32, mhandle: usize) -> Result<usize, SimError> {
+        check_broken(&self.broken)?;
+        let range = resolve(&self.regs, data, size, mhandle)?;
+        let (_, slot) = self.reqs.push(SendReq {
+            range,
+            size: range.len() as u32,
+            dispatched: 0,
+            completed: 0,
+            announced: false,
+            ctrl_end: 0,
+            reg: mhandle,
+        })?;
+        Ok(slot)
+    }
+
+    /// `test` on the request in `slot`: progress, then whether it is done.
+    pub fn test(&mut self, slot: usize) -> Result<bool, SimError> {
+        check_broken(&self.broken)?;
+        let k = self.reqs.test_target(slot)?;
+        if let Err(e) = self.progress() {
+            self.broken = Some(e.clone());
+            return Err(e);
+        }
+        let flushed = self.ctrl_written / CTRL_LEN as u64;
+        let done = self
+            .reqs
+            .get(k)
+            .is_some_and(|r| r.announced && r.completed == r.size && flushed >= r.ctrl_end);
+        if done {
+            self.reqs.mark_done();
+            self.reqs.free_head();
+        }
+        Ok(done)
+    }
+
+    /// Requests posted and not yet done.
+    pub fn outstanding(&self) -> usize {
+        self.reqs.live()
+    }
+
+    /// The WARN TCPX-like close would print, if any.
+    pub fn close_warning(&self) -> Option<String> {
+        let n = self.reqs.live();
+        (n > 0).then(|| format!("closing a send comm with {n} requests not done"))
+    }
+
+    fn progress(&mut self) -> Result<(), SimError> {
+        reap(&self.helpers, &mut self.books, &mut self.reqs, |r, len| {
+            r.completed += len
+        });
+        if let Some(e) = self.helpers.error() {
+            return Err(e);
+        }
+        self.dispatch_chunks()?;
+        self.flush_ctrl()
+    }
+
+    fn pick_socket(&mut self) -> Option<usize> {
+        let n = self.books.len();
+        for i in 0..n {
+            let s = (self.next_sock + i) % n;
+            if self.books[s].inflight.len() < MAX_TASKS {
+                self.next_sock = (s + 1) % n;
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn dispatch_chunks(&mut self) -> Result<(), SimError> {
+        while self.dispatch < self.reqs.tail() {
+            let k = self.dispatch;
+            let Some(r) = self.reqs.get(k) else {
+                return Err(SimError::Protocol {
+                    why: "dispatch cursor on a free slot",
+                });
+            };
+            let (size, mut dispatched, range) = (r.size, r.dispatched, r.range);
+            if size == 0 {
+                if !self.out.has_room(CTRL_LEN) {
+                    return Ok(());
+                }
+                let msg = Ctrl {
+                    kind: CtrlKind::Empty,
+                    sock: 0,
+                    seq: k as u16,
+                    len: 0,
+                    offset: 0,
+                    total: 0,
+                };
+                self.out.push(&msg.encode());
+                self.ctrl_pushed += 1;
+            }
+            while dispatched < size {
+                if !self.out.has_room(CTRL_LEN) {
+                    break;
+                }
+                let Some(s) = self.pick_socket() else { break };
+                let len = self.chunk.min(size - dispatched);
+                let chunk =
+                    range
+                        .sub(dispatched as usize, len as usize)
+                        .ok_or(SimError::Protocol {
+                            why: "chunk outside its send buffer",
+                        })?;
+                self.helpers.submit(Task {
+                    sock: s,
+                    range: chunk,
+                })?;
+                self.books[s].inflight.push_back((k, len));
+                let msg = Ctrl {
+                    kind: CtrlKind::Chunk,
+                    sock: s as u8,
+                    seq: k as u16,
+                    len,
+                    offset: dispatched,
+                    total: size,
+                };
+                self.out.push(&msg.encode());
+                self.ctrl_pushed += 1;
+                dispatched += len;
+            }
+            // Every control message pushed so far belongs to request k or an older one.
+            let pushed = self.ctrl_pushed;
+            if let Some(r) = self.reqs.get_mut(k) {
+                r.dispatched = dispatched;
+                r.ctrl_end = pushed;
+                r.announced = dispatched == size;
+            }
+            if dispatched < size {
+                return Ok(());
+            }
+            self.dispatch += 1;
+        }
+        Ok(())
+    }
+
+    fn flush_ctrl(&mut self) -> Result<(), SimError> {
+        while self.out.len() > 0 {
+            match (&self.ctrl).write(self.out.pending()) {
+                Ok(0) => return Err(SimError::PeerClosed { socket: None }),
+                Ok(n) => {
+                    self.out.consume(n);
+                    self.ctrl_written += n as u64;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(SimError::from_io("send", None, &e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct RecvReq {
+    range: IoRange,
+    posted: u32,
+    total: Option<u32>,
+    announced: u32,
+    fully_announced: bool,
+    completed: u32,
+    reg: usize,
+}
+
+/// The receiving side of a connection (`accept`).
+pub struct RecvComm {
+    ctrl: TcpStream,
+    ctrl_eof: bool,
+    helpers: Helpers,
+    books: Vec<SockBook>,
+    reqs: RequestRing<RecvReq>,
+    regs: Registrations,
+    announce: u64,
+    inbuf: ByteFifo,
+    queue: Option<Box<dyn UnpackQueue>>,
+    broken: Option<SimError>,
+}
+
+impl std::fmt::Debug for RecvComm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvComm")
+            .field("helpers", &self.helpers)
+            .field("live", &self.reqs.live())
+            .field("has_unpack_queue", &self.queue.is_some())
+            .finish()
+    }
+}
+
+impl RecvComm {
+    /// Starts the helper threads. `queue` is None when `accept` got no device-handle pointer;
+    /// every `irecv` then fails (TCPX segfaults there).
+    pub fn new(link: Link, queue: Option<Box<dyn UnpackQueue>>) -> Result<RecvComm, SimError> {
+        link.ctrl
+            .set_nonblocking(true)
+            .map_err(|e| SimError::from_io("fcntl", None, &e))?;
+        let nsocks = link.data.len();
+        let helpers = Helpers::spawn(Direction::Recv, link.data, link.nthreads, MAX_TASKS)?;
+        Ok(RecvComm {
+            ctrl: link.ctrl,
+            ctrl_eof: false,
+            helpers,
+            books: new_books(nsocks),
+            reqs: RequestRing::new(),
+            regs: Registrations::default(),
+            announce: 0,
+            inbuf: ByteFifo::new(CTRL_FIFO_MSGS * CTRL_LEN),
+            queue,
+            broken: None,
+        })
+    }
+
+    /// The unpack queue's device-handle pointer, when the comm has one.
+    pub fn device_handle(&self) -> Option<*mut tcpx::net::abi::UnpackNetDeviceHandle> {
+        self.queue.as_ref().map(|q| q.device_handle())
+    }
+
+    /// `regMr`: records the memory; returns the mhandle.
+    pub fn register(&mut self, mem: Memory) -> usize {
+        self.regs.add(mem)
+    }
+
+    /// `deregMr`. Succeeds like TCPX even while outstanding requests use the registration
+    /// (they keep their own copy of the range); returns how many do, for the caller's WARN.
+    pub fn deregister(&mut self, mhandle: usize) -> Result<usize, SimError> {
+        self.regs.remove(mhandle)?;
+        Ok(self.reqs.iter().filter(|r| r.reg == mhandle).count())
+    }
+
+    /// `irecv` with n = 1: posts a receive of up to `size` bytes at `data`; returns its slot
+    /// (also its unpack slot).
+    pub fn irecv(&mut self, data: usize, size: i32, mhandle: usize) -> Result<usize, SimError> {
+        check_broken(&self.broken)?;
+        if self.queue.is_none() {
+            return Err(SimError::NoDeviceHandle);
+        }
+        let range = resolve(&self.regs, data, size, mhandle)?;
+        let (_, slot) = self.reqs.push(RecvReq {
+            range,
+            posted: range.len() as u32,
+            total: None,
+            announced: 0,
+            fully_announced: false,
+            completed: 0,
+            reg: mhandle,
+        })?;
+        Ok(slot)
+    }
+
+    /// `test` on the receive in `slot`: progress, then whether it is done.
+    pub fn test(&mut self, slot: usize) -> Result<bool, SimError> {
+        check_broken(&self.broken)?;
+        let k = self.reqs.test_target(slot)?;
+        if let Err(e) = self.progress() {
+            self.broken = Some(e.clone());
+            return Err(e);
+        }
+        let done = self
+            .reqs
+            .get(k)
+            .is_some_and(|r| r.fully_announced && r.total == Some(r.completed));
+        if done {
+            if let Some(q) = &self.queue {
+                q.publish(slot, &[])?;
+            }
+            self.reqs.mark_done();
+        }
+        Ok(done)
+    }
+
+    /// `irecvConsumed` on the receive in `slot`.
+    pub fn consumed(&mut self, slot: usize) -> Result<(), SimError> {
+        self.reqs.consume(slot).map(drop)
+    }
+
+    /// Receives posted and not yet consumed.
+    pub fn outstanding(&self) -> usize {
+        self.reqs.live()
+    }
+
+    /// The WARN TCPX prints at close when receives were not consumed.
+    pub fn close_warning(&self) -> Option<String> {
+        let n = self.reqs.live();
+        (n > 0).then(|| {
+            format!(
+                "head {} tail {} some pages not yet freed? ({n} receives not consumed at close)",
+                self.reqs.head(),
+                self.reqs.tail()
+            )
+        })
+    }
+
+    fn progress(&mut self) -> Result<(), SimError> {
+        reap(&self.helpers, &mut self.books, &mut self.reqs, |r, len| {
+            r.completed += len
+        });
+        if let Some(e) = self.helpers.error() {
+            return Err(e);
+        }
+        self.read_ctrl()?;
+        self.match_ctrl()?;
+        if self.ctrl_eof && self.announce < self.reqs.tail() && self.inbuf.len() < CTRL_LEN {
+            return Err(SimError::PeerClosed { socket: None });
+        }
+        Ok(())
+    }
+
+    fn read_ctrl(&mut self) -> Result<(), SimError> {
+        // Read only when a posted receive still needs control messages and none is buffered:
+        // a test that has nothing to learn from the control socket costs no syscall.
+        if self.announce >= self.reqs.tail() || self.inbuf.len() >= CTRL_LEN {
+            return Ok(());
+        }
+        while !self.ctrl_eof {
+            let space = self.inbuf.space_mut();
+            if space.is_empty() {
+                break;
+            }
+            match (&self.ctrl).read(space) {
+                Ok(0) => self.ctrl_eof = true,
+                Ok(n) => self.inbuf.produced(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(SimError::from_io("recv", None, &e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn match_ctrl(&mut self) -> Result<(), SimError> {
+        while let Some(raw) = self.inbuf.first_msg() {
+            let k = self.announce;
+            if k >= self.reqs.tail() {
+                break;
+            }
+            let msg = Ctrl::decode(&raw)?;
+            if msg.seq != k as u16 {
+                return Err(SimError::Protocol {
+                    why: "control message out of sequence",
+                });
+            }
+            let nsocks = self.books.len();
+            let Some(r) = self.reqs.get_mut(k) else {
+                return Err(SimError::Protocol {
+                    why: "matching cursor on a free slot",
+                });
+            };
+            let total = match r.total {
+                None => {
+                    if msg.total > r.posted {
+                        return Err(SimError::MessageTooLarge {
+                            sent: msg.total,
+                            posted: r.posted,
+                        });
+                    }
+                    r.total = Some(msg.total);
+                    msg.total
+                }
+                Some(t) if t != msg.total => {
+                    return Err(SimError::Protocol {
+                        why: "message size changed between chunks",
+                    })
+                }
+                Some(t) => t,
+            };
+            match msg.kind {
+                CtrlKind::Empty => {
+                    if total != 0 {
+                        return Err(SimError::Protocol {
+                            why: "empty-message control for a non-empty message",
+                        });
+                    }
+                    r.fully_announced = true;
+                    self.inbuf.consume(CTRL_LEN);
+                    self.announce += 1;
+                }
+                CtrlKind::Chunk => {
+                    let s = usize::from(msg.sock);
+                    let end = msg.offset.checked_add(msg.len);
+                    if s >= nsocks
+                        || msg.len == 0
+                        || msg.offset != r.announced
+                        || !matches!(end, Some(e) if e <= total)
+                    {
+                        return Err(SimError::Protocol {
+                            why: "chunk control message with a bad socket, offset or length",
+                        });
+                    }
+                    if self.books[s].inflight.len() >= MAX_TASKS {
+                        break;
+                    }
+                    let chunk = r.range.sub(msg.offset as usize, msg.len as usize).ok_or(
+                        SimError::Protocol {
+                            why: "chunk outside the receive buffer",
+                        },
+                    )?;
+                    self.helpers.submit(Task {
+                        sock: s,
+                        range: chunk,
+                    })?;
+                    self.books[s].inflight.push_back((k, msg.len));
+                    r.announced += msg.len;
+                    if r.announced == total {
+                        r.fully_announced = true;
+                        self.announce += 1;
+                    }
+                    self.inbuf.consume(CTRL_LEN);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bounce::{DeviceMemory, HostMemory};
+    use crate::config::Config;
+    use crate::conn::{self, ListenComm};
+    use crate::hostmem::region_of;
+    use crate::nic::Nic;
+    use std::ffi::CString;
+    use std::time::{Duration, Instant};
+
+    fn links(nsocks: usize, nthreads: usize) -> (Link, Link) {
+        let cfg = Config {
+            chunk_size: 4096,
+            nsocks,
+            nthreads,
+            flow_steering_wait: Duration::ZERO,
+            use_dma_buf: true,
+            nics: vec![Nic {
+                name: CString::new("lo").unwrap(),
+                addr: "127.0.0.1".parse().unwrap(),
+                pci_path: None,
+                speed_mbps: 10_000,
+                is_virtual: false,
+            }],
+            ctrl_addr: None,
+        };
+        let (mut l, mut h) = ListenComm::new(&cfg, 0).unwrap();
+        let t0 = Instant::now();
+        let (mut s, mut r) = (None, None);
+        while s.is_none() || r.is_none() {
+            assert!(t0.elapsed() < Duration::from_secs(20));
+            if s.is_none() {
+                s = conn::connect(&cfg, 0, &mut h).unwrap();
+            }
+            if r.is_none() {
+                r = l.accept().unwrap();
+            }
+        }
+        (s.unwrap(), r.unwrap())
+    }
+
+    /// Drives both comms (progress only happens in test) until every request is done.
+    fn run_messages(nsocks: usize, nthreads: usize, sizes: &[usize]) {
+        let (sl, rl) = links(nsocks, nthreads);
+        let mut send = SendComm::new(sl, 4096).unwrap();
+        let mut recv = RecvComm::new(rl, Some(HostMemory.new_unpack_queue().unwrap())).unwrap();
+        let total: usize = sizes.iter().sum();
+        let mut src: Vec<u8> = (0..total).map(|i| (i * 31 + i / 7) as u8).collect();
+        let mut dst = vec![0u8; total];
+        let smh = send.register(Memory::Host(region_of(&mut src)));
+        let rmh = recv.register(Memory::Host(region_of(&mut dst)));
+        let (sbase, rbase) = (src.as_ptr() as usize, dst.as_ptr() as usize);
+        let offsets: Vec<usize> = sizes
+            .iter()
+            .scan(0, |o, n| {
+                let at = *o;
+                *o += n;
+                Some(at)
+            })
+            .collect();
+        let (mut posted_s, mut posted_r, mut done_s, mut done_r) = (0, 0, 0, 0);
+        let mut recv_slots = std::collections::VecDeque::new();
+        let mut send_slots = std::collections::VecDeque::new();
+        let t0 = Instant::now();
+        while done_r < sizes.len() {
+            assert!(t0.elapsed() < Duration::from_secs(30), "stalled");
+            while send.outstanding() < 16 && posted_s < sizes.len() {
+                let k = posted_s;
+                send_slots.push_back(
+                    send.isend(sbase + offsets[k], sizes[k] as i32, smh)
+                        .unwrap(),
+                );
+                posted_s += 1;
+            }
+            while recv.outstanding() < 16 && posted_r < sizes.len() {
+                let k = posted_r;
+                recv_slots.push_back(
+                    recv.irecv(rbase + offsets[k], sizes[k] as i32, rmh)
+                        .unwrap(),
+                );
+                posted_r += 1;
+            }
+            if let Some(&slot) = send_slots.front() {
+                if send.test(slot).unwrap() {
+                    send_slots.pop_front();
+                    done_s += 1;
+                }
+            }
+            if let Some(&slot) = recv_slots.front() {
+                if recv.test(slot).unwrap() {
+                    recv.consumed(slot).unwrap();
+                    recv_slots.pop_front();
+                    done_r += 1;
+                }
+            }
+        }
+        assert_eq!(done_s, sizes.len());
+        drop(send);
+        drop(recv);
+        assert!(src == dst, "bytes differ");
+    }
+
+    #[test]
+    fn chunks_spread_over_sockets_and_threads_arrive_in_order() {
+        let sizes: Vec<usize> = (0..100).map(|i| (i * 7919) % 70_000).collect();
+        run_messages(3, 2, &sizes);
+        run_messages(8, 8, &sizes);
+        run_messages(1, 1, &[0, 0, 1, 4095, 4096, 4097, 1 << 20]);
+    }
+
+    #[test]
+    fn more_chunks_than_the_control_buffer_holds() {
+        // 16 posted messages of 1 MiB in 4 KiB chunks: thousands of control messages, far more
+        // than the 64-message control FIFO, with 6 chunks in flight per socket.
+        run_messages(2, 1, &[1 << 20; 40]);
+    }
+
+    #[test]
+    fn byte_fifo_compacts_and_parses() {
+        let mut f = ByteFifo::new(48);
+        assert!(f.has_room(16));
+        f.push(&[1u8; 16]);
+        f.push(&[2u8; 16]);
+        f.push(&[3u8; 16]);
+        assert!(!f.has_room(16));
+        f.consume(16);
+        assert!(f.has_room(16));
+        assert_eq!(f.first_msg(), Some([2u8; 16]));
+        f.consume(10);
+        assert_eq!(f.len(), 22);
+        assert_eq!(f.space_mut().len(), 26);
+        f.consume(22);
+        assert_eq!(f.len(), 0);
+        assert_eq!(f.first_msg(), None);
+    }
+
+    #[test]
+    fn registrations_resolve_ranges() {
+        let mut regs = Registrations::default();
+        let mut buf = vec![0u8; 1024];
+        let base = buf.as_mut_ptr() as usize;
+        let id = regs.add(Memory::Host(crate::hostmem::region_of(&mut buf)));
+        assert_eq!(
+            resolve(&regs, base + 24, 1000, id).map(|r| r.len()),
+            Ok(1000)
+        );
+        assert!(matches!(
+            resolve(&regs, base + 25, 1000, id),
+            Err(SimError::OutsideRegistration { .. })
+        ));
+        assert_eq!(resolve(&regs, 0, 0, id), Ok(IoRange::EMPTY));
+        assert_eq!(
+            resolve(&regs, base, -1, id),
+            Err(SimError::NegativeSize { size: -1 })
+        );
+        assert_eq!(
+            resolve(&regs, base, 1, id + 1),
+            Err(SimError::UnknownMhandle)
+        );
+        assert_eq!(regs.remove(id), Ok(()));
+        assert_eq!(regs.remove(id), Err(SimError::UnknownMhandle));
+    }
+}

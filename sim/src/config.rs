@@ -1,0 +1,427 @@
+//! The sim's configuration, read from the environment once per `init`, like TCPX's `tcpxInit`.
+//!
+//! | variable | default | range / meaning |
+//! |---|---|---|
+//! | `NCCL_GPUDIRECTTCPX_SOCKET_ENABLE` | 1 | 0 makes `init` fail |
+//! | `NCCL_DYNAMIC_CHUNK_SIZE` | **0 → `init` fails** | bytes per chunk (TCPX hangs on 0; GCP uses 524288) |
+//! | `NCCL_NSOCKS_PERTHREAD` | 1 | 1..=8, out of range keeps the default |
+//! | `NCCL_SOCKET_NTHREADS` | 1 | 1..=16, out of range keeps the default |
+//! | `NCCL_GPUDIRECTTCPX_SOCKET_IFNAME` | `=lo` | NIC filter ([`crate::nic`]) |
+//! | `NCCL_GPUDIRECTTCPX_SOCKET_FAMILY` | any | `AF_INET` / `AF_INET6` |
+//! | `NCCL_GPUDIRECTTCPX_CTRL_DEV` | unset | control sockets on this interface instead of the data NIC |
+//! | `NCCL_GPUDIRECTTCPX_PROGRAM_FLOW_STEERING_WAIT_MICROS` | **0** (TCPX: 5 s) | sleep after accept |
+//! | `NCCL_GPUDIRECTTCPX_FLOW_STEERING_STRATEGY` | 3 | anything else makes `init` fail |
+//! | `NCCL_USE_DMA_BUF` | 1 | 0 makes CUDA `regMr` fail |
+//! | `TCPX_SIM_VIRTUAL_NICS` | unset | virtual NICs on loopback ([`crate::nic`]) |
+//!
+//! Integers are parsed like C's `strtoll(s, NULL, 0)` (decimal, `0x` hex, leading-`0` octal);
+//! unparsable or out-of-range values keep the default, as TCPX's `TCPX_GET_INT_FLAG` does.
+//! Sockets per comm = `NSOCKS_PERTHREAD × NTHREADS`; above 8 (`MAX_SOCKETS`) TCPX lowers the
+//! sockets per thread to `8 / NTHREADS`, which is 0 for more than 8 threads — the sim fails `init`
+//! there instead of creating comms that can never move data.
+//!
+//! ```
+//! use tcpx_sim::config::Config;
+//! let env = |k: &str| match k {
+//!     "NCCL_DYNAMIC_CHUNK_SIZE" => Some("524288".to_owned()),
+//!     "NCCL_NSOCKS_PERTHREAD" => Some("4".to_owned()),
+//!     _ => None,
+//! };
+//! let c = Config::from_env(&env).unwrap();
+//! assert_eq!((c.chunk_size, c.nsocks, c.nthreads), (524288, 4, 1));
+//! assert_eq!(c.nics[0].name_str(), "lo");
+//! ```
+#![forbid(unsafe_code)]
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use tcpx::net::abi::MAX_SOCKETS;
+
+use crate::error::SimError;
+use crate::nic::{self, Family, IfFilter, Nic};
+
+/// TCPX's `MAX_THREADS`: helper threads per comm.
+pub const MAX_THREADS: usize = 16;
+
+/// Everything `init` read.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `NCCL_DYNAMIC_CHUNK_SIZE`: bytes per chunk, > 0.
+    pub chunk_size: usize,
+    /// Data sockets per comm (1..=8), after TCPX's cap.
+    pub nsocks: usize,
+    /// Helper threads per comm; socket `i` is served by thread `i % nthreads`.
+    pub nthreads: usize,
+    /// Sleep of the accept thread before the comm is usable.
+    pub flow_steering_wait: Duration,
+    /// `NCCL_USE_DMA_BUF`.
+    pub use_dma_buf: bool,
+    /// The devices, sorted by name.
+    pub nics: Vec<Nic>,
+    /// Address of `NCCL_GPUDIRECTTCPX_CTRL_DEV`, when set.
+    pub ctrl_addr: Option<IpAddr>,
+}
+
+/// Parses an integer like `strtoll(s, NULL, 0)`, requiring the whole string to be consumed.
+pub fn parse_c_int(s: &str) -> Option<i64> {
+    let t = s.trim();
+    let (neg, t) = match t.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, t.strip_prefix('+').unwrap_or(t)),
+    };
+    let v = if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        i64::from_str_radix(h, 16).ok()?
+    } else if t.len() > 1 && t.starts_with('0') {
+        i64::from_str_radix(&t[1..], 8).ok()?
+    } else {
+        t.parse::<i64>().ok()?
+    };
+    Some(if neg { -v } else { v })
+}
+
+/// Reads an integer flag: `default` unless set, parsable and in `lo..hi` (hi exclusive).
+fn int_flag(
+    env: &dyn Fn(&str) -> Option<String>,
+    var: &str,
+    default: i64,
+    lo: i64,
+    hi: i64,
+) -> i64 {
+    env(var)
+        .as_deref()
+        .and_then(parse_c_int)
+        .filter(|v| (lo..hi).contains(v))
+        .unwrap_or(default)
+}
+
+impl Config {
+    /// Reads the configuration through `env` (the process environment in `init`; a map in tests),
+    /// discovering real interfaces with `getifaddrs` when no virtual NICs are configured.
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Config, SimError> {
+        Self::from_env_with(env, &|| nic::host_interfaces(), Path::new("/sys/class/net"))
+    }
+
+    /// [`Config::from_env`] with the interface list and sysfs root supplied (for tests).
+    pub fn from_env_with(
+        env: &dyn Fn(&str) -> Option<String>,
+        host_ifaces: &dyn Fn() -> Result<Vec<nic::IfAddr>, SimError>,
+        sys_class_net: &Path,
+    ) -> Result<Config, SimError> {
+        if int_flag(env, "NCCL_GPUDIRECTTCPX_SOCKET_ENABLE", 1, 0, 2) == 0 {
+            return Err(SimError::Disabled);
+        }
+        let strategy = int_flag(
+            env,
+            "NCCL_GPUDIRECTTCPX_FLOW_STEERING_STRATEGY",
+            -2,
+            i64::MIN,
+            i64::MAX,
+        );
+        if strategy >= 0 && strategy != 3 {
+            return Err(SimError::FlowSteeringStrategy { value: strategy });
+        }
+        let chunk = int_flag(env, "NCCL_DYNAMIC_CHUNK_SIZE", 0, 0, i64::from(i32::MAX));
+        if chunk == 0 {
+            return Err(SimError::ChunkSizeUnset);
+        }
+        let mut per_thread = int_flag(env, "NCCL_NSOCKS_PERTHREAD", 1, 1, MAX_SOCKETS as i64 + 1);
+        let nthreads = int_flag(env, "NCCL_SOCKET_NTHREADS", 1, 1, MAX_THREADS as i64 + 1);
+        if per_thread * nthreads > MAX_SOCKETS as i64 {
+            per_thread = MAX_SOCKETS as i64 / nthreads;
+        }
+        let nsocks = per_thread * nthreads;
+        if nsocks == 0 {
+            return Err(SimError::NoSockets {
+                nthreads: nthreads as usize,
+            });
+        }
+        let wait = int_flag(
+            env,
+            "NCCL_GPUDIRECTTCPX_PROGRAM_FLOW_STEERING_WAIT_MICROS",
+            0,
+            1,
+            i64::MAX,
+        );
+        let use_dma_buf = int_flag(env, "NCCL_USE_DMA_BUF", 1, 0, 2) == 1;
+        let family = Family::parse(env("NCCL_GPUDIRECTTCPX_SOCKET_FAMILY").as_deref());
+
+        let ifname = env(nic::IFNAME_VAR).filter(|s| !s.trim().is_empty());
+        let virtual_list = env(nic::VIRTUAL_NICS_VAR).unwrap_or_default();
+        let virtual_nics = nic::parse_virtual_nics(&virtual_list)?;
+
+        let (nics, filter_text) = if !virtual_nics.is_empty() {
+            let text = ifname.clone().unwrap_or_default();
+            let filter = match &ifname {
+                Some(s) => IfFilter::parse(s),
+                None => IfFilter::parse("^"),
+            };
+            (nic::select_virtual_nics(&virtual_nics, &filter)?, text)
+        } else {
+            let text = ifname.clone().unwrap_or_else(|| "=lo".to_owned());
+            let filter = IfFilter::parse(&text);
+            let ifaces = host_ifaces()?;
+            (
+                nic::select_host_nics(&ifaces, &filter, family, sys_class_net),
+                text,
+            )
+        };
+        if nics.is_empty() {
+            return Err(SimError::NoInterface {
+                filter: filter_text,
+            });
+        }
+
+        let ctrl_addr = match env("NCCL_GPUDIRECTTCPX_CTRL_DEV").filter(|s| !s.trim().is_empty()) {
+            None => None,
+            Some(dev) => {
+                let filter = IfFilter::parse(&dev);
+                let found = if !virtual_nics.is_empty() {
+                    virtual_nics
+                        .iter()
+                        .find(|v| filter.matches(&v.name))
+                        .map(|v| v.addr)
+                } else {
+                    host_ifaces()?
+                        .iter()
+                        .filter(|i| !matches!(i.addr, IpAddr::V6(v) if (v.segments()[0] & 0xffc0) == 0xfe80))
+                        .find(|i| filter.matches(&i.name) && family_ok(family, &i.addr))
+                        .map(|i| i.addr)
+                };
+                Some(found.ok_or(SimError::NoInterface { filter: dev })?)
+            }
+        };
+
+        Ok(Config {
+            chunk_size: chunk as usize,
+            nsocks: nsocks as usize,
+            nthreads: nthreads as usize,
+            flow_steering_wait: Duration::from_micros(wait as u64),
+            use_dma_buf,
+            nics,
+            ctrl_addr,
+        })
+    }
+}
+
+fn family_ok(f: Family, a: &IpAddr) -> bool {
+    match f {
+        Family::Any => true,
+        Family::V4 => a.is_ipv4(),
+        Family::V6 => a.is_ipv6(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(vars: &[(&str, &str)]) -> Result<Config, SimError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let env = move |k: &str| map.get(k).cloned();
+        let ifaces = || {
+            Ok(vec![
+                nic::IfAddr {
+                    name: "lo".into(),
+                    addr: "127.0.0.1".parse().map_err(|_| SimError::Panic)?,
+                },
+                nic::IfAddr {
+                    name: "eth0".into(),
+                    addr: "10.0.0.5".parse().map_err(|_| SimError::Panic)?,
+                },
+            ])
+        };
+        Config::from_env_with(&env, &ifaces, Path::new("/nonexistent"))
+    }
+
+    const CHUNK: (&str, &str) = ("NCCL_DYNAMIC_CHUNK_SIZE", "524288");
+
+    #[test]
+    fn c_integers() {
+        assert_eq!(parse_c_int("42"), Some(42));
+        assert_eq!(parse_c_int(" 0x80000 "), Some(524_288));
+        assert_eq!(parse_c_int("010"), Some(8));
+        assert_eq!(parse_c_int("-2"), Some(-2));
+        assert_eq!(parse_c_int("0"), Some(0));
+        assert_eq!(parse_c_int("12abc"), None);
+        assert_eq!(parse_c_int(""), None);
+    }
+
+    #[test]
+    fn chunk_size_must_be_set() {
+        assert_eq!(cfg(&[]).err(), Some(SimError::ChunkSizeUnset));
+        assert_eq!(
+            cfg(&[("NCCL_DYNAMIC_CHUNK_SIZE", "0")]).err(),
+            Some(SimError::ChunkSizeUnset)
+        );
+        // Out of range keeps TCPX's default, which is 0 as well.
+        assert_eq!(
+            cfg(&[("NCCL_DYNAMIC_CHUNK_SIZE", "-5")]).err(),
+            Some(SimError::ChunkSizeUnset)
+        );
+        assert_eq!(cfg(&[CHUNK]).map(|c| c.chunk_size).ok(), Some(524_288));
+    }
+
+    #[test]
+    fn socket_enable_zero_disables() {
+        assert_eq!(
+            cfg(&[CHUNK, ("NCCL_GPUDIRECTTCPX_SOCKET_ENABLE", "0")]).err(),
+            Some(SimError::Disabled)
+        );
+        // Out of range keeps the default (enabled).
+        assert!(cfg(&[CHUNK, ("NCCL_GPUDIRECTTCPX_SOCKET_ENABLE", "7")]).is_ok());
+    }
+
+    #[test]
+    fn sockets_and_threads_like_tcpx() {
+        let get = |v: &[(&str, &str)]| cfg(v).map(|c| (c.nsocks, c.nthreads)).ok();
+        assert_eq!(get(&[CHUNK]), Some((1, 1)));
+        assert_eq!(get(&[CHUNK, ("NCCL_NSOCKS_PERTHREAD", "4")]), Some((4, 1)));
+        assert_eq!(
+            get(&[
+                CHUNK,
+                ("NCCL_NSOCKS_PERTHREAD", "4"),
+                ("NCCL_SOCKET_NTHREADS", "2")
+            ]),
+            Some((8, 2))
+        );
+        // 4 x 4 = 16 > 8: per-thread becomes 8 / 4 = 2.
+        assert_eq!(
+            get(&[
+                CHUNK,
+                ("NCCL_NSOCKS_PERTHREAD", "4"),
+                ("NCCL_SOCKET_NTHREADS", "4")
+            ]),
+            Some((8, 4))
+        );
+        // 3 x 3 = 9 > 8: per-thread becomes 8 / 3 = 2, 6 sockets.
+        assert_eq!(
+            get(&[
+                CHUNK,
+                ("NCCL_NSOCKS_PERTHREAD", "3"),
+                ("NCCL_SOCKET_NTHREADS", "3")
+            ]),
+            Some((6, 3))
+        );
+        // Out of range: defaults.
+        assert_eq!(
+            get(&[
+                CHUNK,
+                ("NCCL_NSOCKS_PERTHREAD", "9"),
+                ("NCCL_SOCKET_NTHREADS", "-2")
+            ]),
+            Some((1, 1))
+        );
+        assert_eq!(
+            get(&[
+                CHUNK,
+                ("NCCL_NSOCKS_PERTHREAD", "0"),
+                ("NCCL_SOCKET_NTHREADS", "17")
+            ]),
+            Some((1, 1))
+        );
+        // 9..16 threads leave 0 sockets per thread: TCPX would hang, the sim refuses.
+        assert_eq!(
+            cfg(&[CHUNK, ("NCCL_SOCKET_NTHREADS", "9")]).err(),
+            Some(SimError::NoSockets { nthreads: 9 })
+        );
+    }
+
+    #[test]
+    fn interfaces_default_to_lo_and_follow_ifname() {
+        let names = |v: &[(&str, &str)]| {
+            cfg(v)
+                .map(|c| {
+                    c.nics
+                        .iter()
+                        .map(|n| n.name_str().to_owned())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(names(&[CHUNK]), ["lo"]);
+        assert_eq!(
+            names(&[CHUNK, ("NCCL_GPUDIRECTTCPX_SOCKET_IFNAME", "eth")]),
+            ["eth0"]
+        );
+        assert_eq!(
+            names(&[CHUNK, ("NCCL_GPUDIRECTTCPX_SOCKET_IFNAME", "^docker")]),
+            ["eth0", "lo"]
+        );
+        assert!(matches!(
+            cfg(&[CHUNK, ("NCCL_GPUDIRECTTCPX_SOCKET_IFNAME", "ib")]),
+            Err(SimError::NoInterface { .. })
+        ));
+    }
+
+    #[test]
+    fn virtual_nics_replace_discovery() {
+        let c = cfg(&[
+            CHUNK,
+            (
+                "TCPX_SIM_VIRTUAL_NICS",
+                "eth2=127.0.0.3@/sys/devices/pci0000:80/0000:80:00.0,eth1=127.0.0.2",
+            ),
+        ]);
+        let c = c.map_err(|e| e.to_string());
+        let names: Vec<String> = c
+            .as_ref()
+            .map(|c| c.nics.iter().map(|n| n.name_str().to_owned()).collect())
+            .unwrap_or_default();
+        assert_eq!(names, ["eth1", "eth2"], "{c:?}");
+        let c = cfg(&[
+            CHUNK,
+            (
+                "TCPX_SIM_VIRTUAL_NICS",
+                "eth1=127.0.0.2,eth2=127.0.0.3,lo2=127.0.0.4",
+            ),
+            ("NCCL_GPUDIRECTTCPX_SOCKET_IFNAME", "=eth2"),
+            ("NCCL_GPUDIRECTTCPX_CTRL_DEV", "lo2"),
+        ]);
+        let c = c.map_err(|e| e.to_string());
+        assert_eq!(c.as_ref().map(|c| c.nics.len()).ok(), Some(1));
+        assert_eq!(
+            c.as_ref()
+                .ok()
+                .and_then(|c| c.ctrl_addr)
+                .map(|a| a.to_string()),
+            Some("127.0.0.4".to_owned())
+        );
+        assert!(matches!(
+            cfg(&[CHUNK, ("TCPX_SIM_VIRTUAL_NICS", "eth1")]),
+            Err(SimError::BadEnv { .. })
+        ));
+    }
+
+    #[test]
+    fn other_flags() {
+        let c = cfg(&[
+            CHUNK,
+            (
+                "NCCL_GPUDIRECTTCPX_PROGRAM_FLOW_STEERING_WAIT_MICROS",
+                "1500",
+            ),
+            ("NCCL_USE_DMA_BUF", "0"),
+        ]);
+        let c = c.ok();
+        assert_eq!(
+            c.as_ref().map(|c| c.flow_steering_wait),
+            Some(Duration::from_micros(1500))
+        );
+        assert_eq!(c.as_ref().map(|c| c.use_dma_buf), Some(false));
+        assert_eq!(
+            cfg(&[CHUNK, ("NCCL_GPUDIRECTTCPX_FLOW_STEERING_STRATEGY", "0")]).err(),
+            Some(SimError::FlowSteeringStrategy { value: 0 })
+        );
+        assert!(cfg(&[CHUNK, ("NCCL_GPUDIRECTTCPX_FLOW_STEERING_STRATEGY", "3")]).is_ok());
+        assert!(matches!(
+            cfg(&[CHUNK, ("NCCL_GPUDIRECTTCPX_CTRL_DEV", "nope")]),
+            Err(SimError::NoInterface { .. })
+        ));
+    }
+}
