@@ -9,11 +9,13 @@
 //! | `loopback` | both sides in one process over tcpx-sim: verified GB/s |
 //! | `server` / `client` | one process per side (port base + GPU), like `test_tcpx_perf_multi` |
 //! | `orchestrator` | every GPU of a node in one process, like `test_tcpx_perf_orchestrator` |
+//! | `engine` | the progress engine's ns per chunk on an in-process null plugin |
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
 
 mod core_bench;
+mod engine_bench;
 mod transfer;
 
 /// Benchmarks for tcpx-rs.
@@ -36,13 +38,15 @@ enum Command {
     Client(transfer::ClientArgs),
     /// Every GPU of a node in one process (one endpoint per GPU).
     Orchestrator(transfer::OrchestratorArgs),
+    /// The progress engine's cost per chunk on an in-process null plugin.
+    Engine(engine_bench::EngineArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     // Environment first, while this is the only thread.
     match &cli.command {
-        Command::Core(_) => {}
+        Command::Core(_) | Command::Engine(_) => {}
         Command::Loopback(a) => a.prepare_env(),
         Command::Server(a) => a.common.prepare_env(),
         Command::Client(a) => a.common.prepare_env(),
@@ -61,6 +65,7 @@ fn main() {
         Command::Server(args) => transfer::server(args),
         Command::Client(args) => transfer::client(args),
         Command::Orchestrator(args) => transfer::orchestrator(args),
+        Command::Engine(args) => engine_bench::run(args),
     };
     if let Err(e) = result {
         eprintln!("tcpx-bench: {e}");

@@ -436,6 +436,13 @@ fn nic_snapshot(conn: &Connection) -> Vec<(String, Option<tcpx::topology::NicByt
         .collect()
 }
 
+/// GPU pairs among `sides`: the receiving sides, or the sending ones when this process only
+/// sends.
+fn pair_count(sides: &[Side]) -> u64 {
+    let recv = sides.iter().filter(|s| !s.sending).count();
+    (if recv > 0 { recv } else { sides.len() }).max(1) as u64
+}
+
 /// Run `iters` warm-up + timed iterations over all `sides` at once (every side posts, then all
 /// are waited for); `sync` runs between iterations (a bootstrap barrier for multi-process runs).
 fn run_iterations(
@@ -472,7 +479,7 @@ fn run_iterations(
                 secs,
             };
             if !args.json {
-                let pairs = sides.iter().filter(|s| !s.sending).count().max(1) as u64;
+                let pairs = pair_count(sides);
                 println!(
                     "iter {:>4}  {:>10.3} ms  {:>8.2} GB/s{}",
                     it.iter,
@@ -695,6 +702,18 @@ pub fn client(a: &ClientArgs) -> Result<(), BoxError> {
     run_pair(args, a.gpu, ep, conn, "client")
 }
 
+/// The client proposes size and iterations, the server decides channels and chunk size; the
+/// bootstrap's `Handles` carries all four to both sides, which then run identical loops.
+fn agreed_args(args: &TransferArgs, conn: &Connection) -> TransferArgs {
+    let agreed = conn.agreement();
+    let mut args = args.clone();
+    args.size = agreed.bytes;
+    args.iters = agreed.iters;
+    args.channels = agreed.channels;
+    args.chunk_bytes = agreed.chunk_bytes.into();
+    args
+}
+
 fn run_pair(
     args: &TransferArgs,
     gpu: u32,
@@ -702,13 +721,7 @@ fn run_pair(
     conn: Connection,
     mode: &str,
 ) -> Result<(), BoxError> {
-    let agreed = conn.agreement();
-    let mut args = args.clone();
-    // The client proposes size and iterations; the server's Handles echo them; both plan alike.
-    args.size = agreed.bytes;
-    args.iters = agreed.iters;
-    args.channels = agreed.channels;
-    args.chunk_bytes = agreed.chunk_bytes.into();
+    let args = agreed_args(args, &conn);
     let nic_before = nic_snapshot(&conn);
     let mut sides = vec![Side::new(gpu, ep, conn, args.size)?];
     let timeout = args.timeout;
@@ -806,6 +819,10 @@ pub fn orchestrator(a: &OrchestratorArgs) -> Result<(), BoxError> {
             }
         }
     }
+    let args = &match sides.first() {
+        Some(first) => agreed_args(args, &first.2),
+        None => args.clone(),
+    };
     let nic_before = sides
         .first()
         .map(|s| nic_snapshot(&s.2))

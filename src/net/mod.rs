@@ -40,6 +40,7 @@ pub mod logger;
 mod mem;
 #[cfg(test)]
 mod mock;
+pub mod null;
 mod plugin;
 
 pub use comm::{ListenComm, RecvComm, Request, SendComm, TestResult, REQUEST_TABLE_CAPACITY};
