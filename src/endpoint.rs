@@ -34,7 +34,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -314,10 +314,7 @@ impl Endpoint {
         let (completed, completions) =
             Ring::split(Arc::new(CompletionRing::new())).map_err(|_| Error::EngineGone)?;
         let (control, control_rx) = mpsc::channel();
-        let shared = Arc::new(Shared {
-            control_pending: AtomicBool::new(false),
-            shutdown: AtomicBool::new(false),
-        });
+        let shared = Arc::new(Shared::new());
         let cpus = match &config.pinning {
             Pinning::Off => None,
             Pinning::Cpus(c) => Some(c.clone()),
@@ -622,14 +619,30 @@ impl Endpoint {
                     waited: start.elapsed(),
                 });
             }
-            // Spin a little (a completion often follows closely), then give the CPU to the
-            // progress thread and the plugin's socket threads between checks.
             if spins < 256 {
+                // A completion often follows closely.
                 std::hint::spin_loop();
             } else {
-                thread::yield_now();
+                self.park_until_completion(deadline);
             }
         }
+    }
+
+    /// Park until the progress thread pushes a completion (or briefly, as a safety net), so a
+    /// waiting user thread leaves its CPU to the progress thread and the plugin's threads.
+    fn park_until_completion(&mut self, deadline: Instant) {
+        if let Ok(mut w) = self.shared.waiter.lock() {
+            if w.as_ref().is_none_or(|t| t.id() != thread::current().id()) {
+                *w = Some(thread::current());
+            }
+        }
+        self.shared.waiting.store(true, Ordering::SeqCst);
+        // Re-check after announcing: a completion pushed before the store is visible now.
+        if self.completions.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            thread::park_timeout(left.min(Duration::from_millis(1)));
+        }
+        self.shared.waiting.store(false, Ordering::SeqCst);
     }
 
     /// Transfers posted and not yet taken as completions.

@@ -375,6 +375,34 @@ pub(crate) type CompletionRing = Ring<Completion, MAX_IN_FLIGHT>;
 pub(crate) struct Shared {
     pub(crate) control_pending: AtomicBool,
     pub(crate) shutdown: AtomicBool,
+    /// Set by a user thread about to park in `Endpoint::wait`; the progress thread unparks
+    /// `waiter` after pushing a completion while it is set (one wake per transfer at most).
+    pub(crate) waiting: AtomicBool,
+    pub(crate) waiter: std::sync::Mutex<Option<thread::Thread>>,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Self {
+        Self {
+            control_pending: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            waiting: AtomicBool::new(false),
+            waiter: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Wake a parked waiter, if there is one. SeqCst pairs with the waiter's
+    /// store-`waiting`-then-check-the-ring, so a completion pushed before this load is seen by
+    /// the waiter's check, or this load sees `waiting` and wakes it.
+    fn wake_waiter(&self) {
+        if self.waiting.load(Ordering::SeqCst) {
+            if let Ok(w) = self.waiter.lock() {
+                if let Some(t) = w.as_ref() {
+                    t.unpark();
+                }
+            }
+        }
+    }
 }
 
 /// Progress-thread settings.
@@ -700,6 +728,7 @@ impl Engine {
         if self.completions.push(Completion { id, result }).is_err() {
             tracing::error!(%id, "completion ring full; completion lost");
         }
+        self.shared.wake_waiter();
     }
 
     fn check_stall(&mut self) {
