@@ -43,6 +43,9 @@ static PLUGIN: OnceLock<Arc<Plugin>> = OnceLock::new();
 /// plugin's `init` reads it; every test goes through here first.
 fn plugin() -> Arc<Plugin> {
     Arc::clone(PLUGIN.get_or_init(|| {
+        // Host mode: these rules are about the host path (a cuda-built sim on a GPU box would
+        // otherwise pick CUDA mode).
+        std::env::set_var("TCPX_SIM_CUDA", "0");
         std::env::set_var("NCCL_DYNAMIC_CHUNK_SIZE", CHUNK.to_string());
         std::env::set_var("NCCL_NSOCKS_PERTHREAD", "2");
         std::env::set_var("NCCL_SOCKET_NTHREADS", "2");

@@ -49,6 +49,7 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn steady_state_transfers_allocate_nothing() {
+    std::env::set_var("TCPX_SIM_CUDA", "0");
     std::env::set_var("NCCL_DYNAMIC_CHUNK_SIZE", "131072");
     std::env::set_var("NCCL_GPUDIRECTTCPX_SOCKET_IFNAME", "lo");
     let plugin = Plugin::load(common::sim_plugin_path()).unwrap();

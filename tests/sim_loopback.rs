@@ -151,6 +151,7 @@ fn drive_receivers(mut receivers: Vec<Receiver>, patterns: Arc<Vec<Vec<u8>>>) ->
 #[test]
 fn one_gib_over_eight_comms_arrives_byte_exact() {
     // This binary has one test, so setting the environment before the plugin's init is safe.
+    std::env::set_var("TCPX_SIM_CUDA", "0");
     std::env::set_var("NCCL_DYNAMIC_CHUNK_SIZE", "524288");
     std::env::remove_var("NCCL_NSOCKS_PERTHREAD");
     std::env::remove_var("NCCL_SOCKET_NTHREADS");

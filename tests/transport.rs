@@ -23,6 +23,7 @@ fn plugin() -> Arc<Plugin> {
     static PLUGIN: OnceLock<Arc<Plugin>> = OnceLock::new();
     PLUGIN
         .get_or_init(|| {
+            std::env::set_var("TCPX_SIM_CUDA", "0");
             std::env::set_var("NCCL_DYNAMIC_CHUNK_SIZE", "131072");
             std::env::set_var("NCCL_GPUDIRECTTCPX_SOCKET_IFNAME", "lo");
             std::env::set_var("NCCL_NSOCKS_PERTHREAD", "2");

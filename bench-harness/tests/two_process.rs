@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 fn bench() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tcpx-bench"));
-    c.env("NCCL_DYNAMIC_CHUNK_SIZE", "131072")
+    c.env("TCPX_SIM_CUDA", "0")
+        .env("NCCL_DYNAMIC_CHUNK_SIZE", "131072")
         .env("NCCL_GPUDIRECTTCPX_SOCKET_IFNAME", "lo")
         .env_remove("UCCL_TCPX_PLUGIN_PATH");
     c

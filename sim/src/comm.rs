@@ -22,6 +22,15 @@
 //! its bytes arrived; `test` then publishes `cnt[slot] = 0` in the unpack queue (host memory: no
 //! fragments) and the receive keeps its slot until `irecvConsumed`.
 //!
+//! **CUDA memory** (CUDA mode, [`crate::bounce`]). A send chunk of device memory is copied to host
+//! staging by its helper, then sent. A receive into device memory never touches the irecv buffer:
+//! when `test` hands a chunk to a helper it first asks the unpack queue to *place* it — bounce
+//! pages, fragments written to `mem[slot]` — and the helper scatters the bytes into those pages.
+//! When the pool has no pages left the chunk (and every later one) waits for `irecvConsumed` of
+//! earlier receives; after [`STARVED_WARN_AFTER`] of waiting the comm reports a WARN once. At done
+//! `test` publishes `cnt[slot]` = the receive's fragment count; `irecvConsumed` poisons and frees
+//! its pages.
+//!
 //! Errors: a helper's socket error or a closed peer (a control stream that ends while a posted
 //! receive still needs control messages, a data socket that ends mid-chunk) fail `test` with
 //! `ncclSystemError` (2) like TCPX; any failure is sticky — later calls on the comm return it again
@@ -31,7 +40,7 @@
 //! # use tcpx_sim::comm::{Link, Memory, SendComm};
 //! # use tcpx_sim::hostmem::HostRegion;
 //! # fn demo(link: Link, buf: &mut [u8]) -> Result<(), tcpx_sim::error::SimError> {
-//! let mut comm = SendComm::new(link, 524288)?;
+//! let mut comm = SendComm::new(link, 524288, None)?;
 //! // SAFETY: `buf` outlives the comm and is untouched until the send is done.
 //! let mh = comm.register(Memory::Host(unsafe { HostRegion::new(buf.as_mut_ptr() as usize, buf.len()) }));
 //! let slot = comm.isend(buf.as_ptr() as usize, buf.len() as i32, mh)?;
@@ -44,15 +53,20 @@ use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 
-use crate::bounce::{CudaRegistration, UnpackQueue};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::bounce::{CudaRegistration, DeviceIo, DeviceRange, UnpackQueue};
 use crate::error::SimError;
-use crate::helper::{Direction, Helpers, Task};
+use crate::helper::{Direction, Helpers, Io, Task};
 use crate::hostmem::{HostRegion, IoRange};
-use crate::request::RequestRing;
+use crate::request::{slot_of, RequestRing};
 use crate::wire::{Ctrl, CtrlKind, CTRL_LEN};
 
 /// TCPX's `MAX_TASKS`: chunks in flight per data socket.
 pub const MAX_TASKS: usize = 6;
+/// How long a CUDA receive may wait for bounce pages before the comm WARNs (once).
+pub const STARVED_WARN_AFTER: Duration = Duration::from_secs(10);
 /// Control messages buffered per comm before the socket must drain.
 const CTRL_FIFO_MSGS: usize = 64;
 
@@ -111,34 +125,70 @@ impl Registrations {
     }
 }
 
+/// The memory of one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Host memory (and every size-0 request).
+    Host(IoRange),
+    /// CUDA device memory.
+    Device(DeviceRange),
+}
+
+impl Target {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Target::Host(r) => r.len(),
+            Target::Device(r) => r.len,
+        }
+    }
+
+    /// Whether the request moves no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes of the chunk `[offset, offset + len)` for a helper to send.
+    fn send_chunk(&self, offset: usize, len: usize) -> Option<Io> {
+        match self {
+            Target::Host(r) => r.sub(offset, len).map(Io::Host),
+            Target::Device(r) => r.sub(offset, len).map(Io::DeviceSend),
+        }
+    }
+}
+
 /// Resolves `[addr, addr + size)` inside registration `mhandle`.
 fn resolve(
     regs: &Registrations,
     addr: usize,
     size: i32,
     mhandle: usize,
-) -> Result<IoRange, SimError> {
+) -> Result<Target, SimError> {
     if size < 0 {
         return Err(SimError::NegativeSize {
             size: i64::from(size),
         });
     }
     let size = size as usize;
-    match regs.find(mhandle)? {
-        Memory::Host(region) => {
-            if size == 0 {
-                return Ok(IoRange::EMPTY);
-            }
-            region
-                .range(addr, size)
-                .ok_or(SimError::OutsideRegistration {
-                    addr,
-                    size,
-                    base: region.base(),
-                    len: region.len(),
-                })
-        }
-        Memory::Cuda(_) => Err(SimError::CudaNeedsCudaMode),
+    let mem = regs.find(mhandle)?;
+    if size == 0 {
+        return Ok(Target::Host(IoRange::EMPTY));
+    }
+    let outside = |base: usize, len: usize| SimError::OutsideRegistration {
+        addr,
+        size,
+        base,
+        len,
+    };
+    match mem {
+        Memory::Host(region) => region
+            .range(addr, size)
+            .map(Target::Host)
+            .ok_or(outside(region.base(), region.len())),
+        Memory::Cuda(reg) => reg
+            .range(addr, size)
+            .map(Target::Device)
+            .ok_or(outside(reg.addr, reg.size)),
     }
 }
 
@@ -251,6 +301,17 @@ fn reap<T>(
     }
 }
 
+/// The WARN of a CUDA receive that waits for bounce pages.
+fn starved_warning(k: u64, waited: Duration, chunk: u32, unconsumed: u64) -> String {
+    format!(
+        "receive {k} (slot {}) has waited {waited:?} for {} bounce pages: the GPU's bounce pool is \
+         exhausted by receives that were not consumed yet ({unconsumed} done and unconsumed on this \
+         comm). Call irecvConsumed as soon as each unpack finished, or raise TCPX_SIM_BOUNCE_BYTES",
+        slot_of(k),
+        crate::pages::pages_for(chunk),
+    )
+}
+
 fn check_broken(broken: &Option<SimError>) -> Result<(), SimError> {
     match broken {
         Some(e) => Err(SimError::Broken { rc: e.rc() }),
@@ -260,7 +321,7 @@ fn check_broken(broken: &Option<SimError>) -> Result<(), SimError> {
 
 #[derive(Debug)]
 struct SendReq {
-    range: IoRange,
+    range: Target,
     size: u32,
     dispatched: u32,
     completed: u32,
@@ -287,13 +348,18 @@ pub struct SendComm {
 }
 
 impl SendComm {
-    /// Starts the helper threads over an established connection.
-    pub fn new(link: Link, chunk_size: usize) -> Result<SendComm, SimError> {
+    /// Starts the helper threads over an established connection; `device` (CUDA mode) lets
+    /// them send from CUDA memory.
+    pub fn new(
+        link: Link,
+        chunk_size: usize,
+        device: Option<Arc<dyn DeviceIo>>,
+    ) -> Result<SendComm, SimError> {
         link.ctrl
             .set_nonblocking(true)
             .map_err(|e| SimError::from_io("fcntl", None, &e))?;
         let nsocks = link.data.len();
-        let helpers = Helpers::spawn(Direction::Send, link.data, link.nthreads, MAX_TASKS)?;
+        let helpers = Helpers::spawn(Direction::Send, link.data, link.nthreads, MAX_TASKS, device)?;
         Ok(SendComm {
             ctrl: link.ctrl,
             helpers,
@@ -422,16 +488,12 @@ impl SendComm {
                 }
                 let Some(s) = self.pick_socket() else { break };
                 let len = self.chunk.min(size - dispatched);
-                let chunk =
-                    range
-                        .sub(dispatched as usize, len as usize)
-                        .ok_or(SimError::Protocol {
-                            why: "chunk outside its send buffer",
-                        })?;
-                self.helpers.submit(Task {
-                    sock: s,
-                    range: chunk,
-                })?;
+                let io = range.send_chunk(dispatched as usize, len as usize).ok_or(
+                    SimError::Protocol {
+                        why: "chunk outside its send buffer",
+                    },
+                )?;
+                self.helpers.submit(Task { sock: s, io })?;
                 self.books[s].inflight.push_back((k, len));
                 let msg = Ctrl {
                     kind: CtrlKind::Chunk,
@@ -479,7 +541,9 @@ impl SendComm {
 
 #[derive(Debug)]
 struct RecvReq {
-    range: IoRange,
+    range: Target,
+    /// Fragments placed so far (CUDA receives): the next chunk's first index in `mem[slot]`.
+    frags: usize,
     posted: u32,
     total: Option<u32>,
     announced: u32,
@@ -489,6 +553,9 @@ struct RecvReq {
 }
 
 /// The receiving side of a connection (`accept`).
+///
+/// Field order matters: `helpers` is dropped (its threads joined) before `queue`, so no helper
+/// still scatters into bounce pages when the queue gives them back.
 pub struct RecvComm {
     ctrl: TcpStream,
     ctrl_eof: bool,
@@ -500,6 +567,9 @@ pub struct RecvComm {
     inbuf: ByteFifo,
     queue: Option<Box<dyn UnpackQueue>>,
     broken: Option<SimError>,
+    /// Since when the oldest unplaced chunk waits for bounce pages, and whether that was WARNed.
+    starved: Option<(Instant, bool)>,
+    warning: Option<String>,
 }
 
 impl std::fmt::Debug for RecvComm {
@@ -520,7 +590,8 @@ impl RecvComm {
             .set_nonblocking(true)
             .map_err(|e| SimError::from_io("fcntl", None, &e))?;
         let nsocks = link.data.len();
-        let helpers = Helpers::spawn(Direction::Recv, link.data, link.nthreads, MAX_TASKS)?;
+        let device = queue.as_ref().and_then(|q| q.device_io());
+        let helpers = Helpers::spawn(Direction::Recv, link.data, link.nthreads, MAX_TASKS, device)?;
         Ok(RecvComm {
             ctrl: link.ctrl,
             ctrl_eof: false,
@@ -532,6 +603,8 @@ impl RecvComm {
             inbuf: ByteFifo::new(CTRL_FIFO_MSGS * CTRL_LEN),
             queue,
             broken: None,
+            starved: None,
+            warning: None,
         })
     }
 
@@ -562,6 +635,7 @@ impl RecvComm {
         let range = resolve(&self.regs, data, size, mhandle)?;
         let (_, slot) = self.reqs.push(RecvReq {
             range,
+            frags: 0,
             posted: range.len() as u32,
             total: None,
             announced: 0,
@@ -583,19 +657,38 @@ impl RecvComm {
         let done = self
             .reqs
             .get(k)
-            .is_some_and(|r| r.fully_announced && r.total == Some(r.completed));
-        if done {
-            if let Some(q) = &self.queue {
-                q.publish(slot, &[])?;
+            .filter(|r| r.fully_announced && r.total == Some(r.completed))
+            .map(|r| r.frags);
+        if let Some(frags) = done {
+            if let Some(q) = &mut self.queue {
+                if let Err(e) = q.publish(slot, frags) {
+                    self.broken = Some(e.clone());
+                    return Err(e);
+                }
             }
             self.reqs.mark_done();
         }
-        Ok(done)
+        Ok(done.is_some())
     }
 
-    /// `irecvConsumed` on the receive in `slot`.
+    /// `irecvConsumed` on the receive in `slot`: frees the request and (CUDA receives) poisons
+    /// and frees its bounce pages.
     pub fn consumed(&mut self, slot: usize) -> Result<(), SimError> {
-        self.reqs.consume(slot).map(drop)
+        check_broken(&self.broken)?;
+        let r = self.reqs.consume(slot)?;
+        if let Some(q) = &mut self.queue {
+            if let Err(e) = q.release(slot, r.frags) {
+                self.broken = Some(e.clone());
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// A WARN the comm wants printed (once per condition), e.g. a receive starved of bounce
+    /// pages for [`STARVED_WARN_AFTER`].
+    pub fn take_warning(&mut self) -> Option<String> {
+        self.warning.take()
     }
 
     /// Receives posted and not yet consumed.
@@ -665,6 +758,7 @@ impl RecvComm {
                 });
             }
             let nsocks = self.books.len();
+            let unconsumed = self.reqs.done_cursor() - self.reqs.head();
             let Some(r) = self.reqs.get_mut(k) else {
                 return Err(SimError::Protocol {
                     why: "matching cursor on a free slot",
@@ -714,15 +808,44 @@ impl RecvComm {
                     if self.books[s].inflight.len() >= MAX_TASKS {
                         break;
                     }
-                    let chunk = r.range.sub(msg.offset as usize, msg.len as usize).ok_or(
-                        SimError::Protocol {
-                            why: "chunk outside the receive buffer",
-                        },
-                    )?;
-                    self.helpers.submit(Task {
-                        sock: s,
-                        range: chunk,
-                    })?;
+                    let io = match r.range {
+                        Target::Host(range) => {
+                            Io::Host(range.sub(msg.offset as usize, msg.len as usize).ok_or(
+                                SimError::Protocol {
+                                    why: "chunk outside the receive buffer",
+                                },
+                            )?)
+                        }
+                        Target::Device(range) => {
+                            if range.sub(msg.offset as usize, msg.len as usize).is_none() {
+                                return Err(SimError::Protocol {
+                                    why: "chunk outside the receive buffer",
+                                });
+                            }
+                            let Some(q) = self.queue.as_mut() else {
+                                return Err(SimError::NoDeviceHandle);
+                            };
+                            match q.place(slot_of(k), r.frags, u64::from(msg.offset), msg.len)? {
+                                Some(chunk) => {
+                                    r.frags += chunk.nfrags as usize;
+                                    self.starved = None;
+                                    Io::DeviceRecv(chunk)
+                                }
+                                None => {
+                                    let now = Instant::now();
+                                    let (since, warned) = self.starved.get_or_insert((now, false));
+                                    let waited = now.duration_since(*since);
+                                    if !*warned && waited >= STARVED_WARN_AFTER {
+                                        *warned = true;
+                                        self.warning =
+                                            Some(starved_warning(k, waited, msg.len, unconsumed));
+                                    }
+                                    break;
+                                }
+                            }
+                        }
+                    };
+                    self.helpers.submit(Task { sock: s, io })?;
                     self.books[s].inflight.push_back((k, msg.len));
                     r.announced += msg.len;
                     if r.announced == total {
@@ -763,6 +886,8 @@ mod tests {
                 is_virtual: false,
             }],
             ctrl_addr: None,
+            cuda: crate::config::CudaMode::Off,
+            bounce_bytes: crate::config::DEFAULT_BOUNCE_BYTES,
         };
         let (mut l, mut h) = ListenComm::new(&cfg, 0).unwrap();
         let t0 = Instant::now();
@@ -779,11 +904,21 @@ mod tests {
         (s.unwrap(), r.unwrap())
     }
 
+    fn sink(_: i32, _: &str) {}
+
     /// Drives both comms (progress only happens in test) until every request is done.
     fn run_messages(nsocks: usize, nthreads: usize, sizes: &[usize]) {
         let (sl, rl) = links(nsocks, nthreads);
-        let mut send = SendComm::new(sl, 4096).unwrap();
-        let mut recv = RecvComm::new(rl, Some(HostMemory.new_unpack_queue().unwrap())).unwrap();
+        let mut send = SendComm::new(sl, 4096, None).unwrap();
+        let mut recv = RecvComm::new(
+            rl,
+            Some(
+                HostMemory
+                    .new_unpack_queue(&crate::log::Logger::Sink(sink))
+                    .unwrap(),
+            ),
+        )
+        .unwrap();
         let total: usize = sizes.iter().sum();
         let mut src: Vec<u8> = (0..total).map(|i| (i * 31 + i / 7) as u8).collect();
         let mut dst = vec![0u8; total];
@@ -832,6 +967,14 @@ mod tests {
                     recv_slots.pop_front();
                     done_r += 1;
                 }
+            }
+        }
+        // The last receives can complete before their sends are seen done: finish the sends.
+        while let Some(&slot) = send_slots.front() {
+            assert!(t0.elapsed() < Duration::from_secs(30), "sends stalled");
+            if send.test(slot).unwrap() {
+                send_slots.pop_front();
+                done_s += 1;
             }
         }
         assert_eq!(done_s, sizes.len());
@@ -884,11 +1027,32 @@ mod tests {
             resolve(&regs, base + 24, 1000, id).map(|r| r.len()),
             Ok(1000)
         );
+        let dev = regs.add(Memory::Cuda(CudaRegistration {
+            addr: 0x7000_0000,
+            size: 8192,
+            device: 1,
+        }));
+        assert_eq!(
+            resolve(&regs, 0x7000_1000, 4096, dev),
+            Ok(Target::Device(DeviceRange {
+                addr: 0x7000_1000,
+                len: 4096,
+                device: 1
+            }))
+        );
+        assert!(matches!(
+            resolve(&regs, 0x7000_1001, 4096, dev),
+            Err(SimError::OutsideRegistration { .. })
+        ));
+        assert_eq!(
+            resolve(&regs, 0x7000_1000, 0, dev),
+            Ok(Target::Host(IoRange::EMPTY))
+        );
         assert!(matches!(
             resolve(&regs, base + 25, 1000, id),
             Err(SimError::OutsideRegistration { .. })
         ));
-        assert_eq!(resolve(&regs, 0, 0, id), Ok(IoRange::EMPTY));
+        assert_eq!(resolve(&regs, 0, 0, id), Ok(Target::Host(IoRange::EMPTY)));
         assert_eq!(
             resolve(&regs, base, -1, id),
             Err(SimError::NegativeSize { size: -1 })
@@ -899,5 +1063,457 @@ mod tests {
         );
         assert_eq!(regs.remove(id), Ok(()));
         assert_eq!(regs.remove(id), Err(SimError::UnknownMhandle));
+    }
+
+    /// CUDA mode without a GPU: "device memory" is host memory behind mutexes, addressed by
+    /// fake device addresses; the stager and the queue do on the CPU what the CUDA ones do with
+    /// copies and kernels. Drives the comm's device paths (place, scatter, publish, release,
+    /// waiting for pages) end to end over real sockets.
+    mod fakedev {
+        use super::*;
+        use crate::bounce::{StagedChunk, Stager};
+        use crate::pages::{chunk_fragments, pages_for, PageAllocator, Shuffler, PAGE};
+        use std::collections::BTreeMap;
+        use std::sync::Mutex;
+        use tcpx::net::abi::{LoadMeta, UnpackNetDeviceHandle, MAX_FRAGMENTS};
+
+        pub const POISON: u8 = 0xdb;
+        const DEV_BASE: usize = 0xD000_0000_0000;
+
+        /// Device memory: allocations by base address, and the bounce pool.
+        pub struct FakeGpu {
+            pub mem: Mutex<BTreeMap<usize, Vec<u8>>>,
+            pub pool: Mutex<Vec<u8>>,
+            pub pages: Mutex<PageAllocator>,
+            next: Mutex<usize>,
+        }
+
+        impl FakeGpu {
+            pub fn new(pool_pages: u32) -> Arc<FakeGpu> {
+                Arc::new(FakeGpu {
+                    mem: Mutex::new(BTreeMap::new()),
+                    pool: Mutex::new(vec![POISON; pool_pages as usize * PAGE]),
+                    pages: Mutex::new(PageAllocator::new(pool_pages, 11)),
+                    next: Mutex::new(DEV_BASE),
+                })
+            }
+
+            /// A device allocation holding `bytes`; returns its address.
+            pub fn alloc(&self, bytes: Vec<u8>) -> usize {
+                let mut next = self.next.lock().unwrap();
+                let at = *next;
+                *next += bytes.len().div_ceil(PAGE) * PAGE + PAGE;
+                self.mem.lock().unwrap().insert(at, bytes);
+                at
+            }
+
+            pub fn read(&self, addr: usize, len: usize) -> Vec<u8> {
+                let mem = self.mem.lock().unwrap();
+                let (base, buf) = mem.range(..=addr).next_back().unwrap();
+                buf[addr - base..addr - base + len].to_vec()
+            }
+        }
+
+        /// A queue's metadata: `mem[16][2048]` and `cnt[16]`.
+        pub struct FakeMeta {
+            pub mem: Mutex<Vec<LoadMeta>>,
+            pub cnt: Mutex<[u64; 16]>,
+        }
+
+        pub struct FakeQueue {
+            gpu: Arc<FakeGpu>,
+            pub meta: Arc<FakeMeta>,
+            rng: Shuffler,
+            placed: [usize; 16],
+        }
+
+        impl FakeQueue {
+            pub fn new(gpu: &Arc<FakeGpu>) -> FakeQueue {
+                FakeQueue {
+                    gpu: Arc::clone(gpu),
+                    meta: Arc::new(FakeMeta {
+                        mem: Mutex::new(vec![LoadMeta::default(); 16 * MAX_FRAGMENTS]),
+                        cnt: Mutex::new([0; 16]),
+                    }),
+                    rng: Shuffler::new(5),
+                    placed: [0; 16],
+                }
+            }
+        }
+
+        struct FakeIo {
+            gpu: Arc<FakeGpu>,
+            meta: Option<Arc<FakeMeta>>,
+        }
+
+        impl DeviceIo for FakeIo {
+            fn stager(&self) -> Result<Box<dyn Stager>, SimError> {
+                Ok(Box::new(FakeIo {
+                    gpu: Arc::clone(&self.gpu),
+                    meta: self.meta.clone(),
+                }))
+            }
+        }
+
+        impl Stager for FakeIo {
+            fn send(
+                &mut self,
+                sock: &TcpStream,
+                index: usize,
+                src: DeviceRange,
+            ) -> Result<(), SimError> {
+                let bytes = self.gpu.read(src.addr, src.len);
+                (&*sock)
+                    .write_all(&bytes)
+                    .map_err(|e| SimError::from_io("send", Some(index), &e))
+            }
+
+            fn recv(
+                &mut self,
+                sock: &TcpStream,
+                index: usize,
+                chunk: StagedChunk,
+            ) -> Result<(), SimError> {
+                let mut staging = vec![0u8; chunk.len as usize];
+                (&*sock)
+                    .read_exact(&mut staging)
+                    .map_err(|e| SimError::from_io("recv", Some(index), &e))?;
+                let meta = self.meta.as_ref().unwrap().mem.lock().unwrap();
+                let mut pool = self.gpu.pool.lock().unwrap();
+                for b in 0..chunk.nfrags as usize {
+                    let f = meta[chunk.frags + b];
+                    let (s, n) = (f.src_off as usize, f.len as usize);
+                    pool[s..s + n].copy_from_slice(&staging[b * PAGE..b * PAGE + n]);
+                }
+                Ok(())
+            }
+        }
+
+        impl UnpackQueue for FakeQueue {
+            fn device_handle(&self) -> *mut UnpackNetDeviceHandle {
+                core::ptr::NonNull::dangling().as_ptr()
+            }
+
+            fn device_io(&self) -> Option<Arc<dyn DeviceIo>> {
+                Some(Arc::new(FakeIo {
+                    gpu: Arc::clone(&self.gpu),
+                    meta: Some(Arc::clone(&self.meta)),
+                }))
+            }
+
+            fn place(
+                &mut self,
+                slot: usize,
+                first: usize,
+                dst_off: u64,
+                len: u32,
+            ) -> Result<Option<StagedChunk>, SimError> {
+                assert_eq!(self.placed[slot], first);
+                let n = pages_for(len);
+                if first + n > MAX_FRAGMENTS {
+                    return Err(SimError::TooManyFragments { count: first + n });
+                }
+                let mut pages = vec![0u32; n];
+                if !self.gpu.pages.lock().unwrap().alloc_into(&mut pages) {
+                    return Ok(None);
+                }
+                self.rng.shuffle(&mut pages);
+                let mut mem = self.meta.mem.lock().unwrap();
+                for (i, f) in chunk_fragments(&pages, dst_off, len).enumerate() {
+                    mem[slot * MAX_FRAGMENTS + first + i] = f;
+                }
+                self.placed[slot] = first + n;
+                Ok(Some(StagedChunk {
+                    frags: slot * MAX_FRAGMENTS + first,
+                    nfrags: n as u32,
+                    len,
+                }))
+            }
+
+            fn publish(&mut self, slot: usize, count: usize) -> Result<(), SimError> {
+                assert_eq!(self.placed[slot], count);
+                self.meta.cnt.lock().unwrap()[slot] = count as u64;
+                Ok(())
+            }
+
+            fn release(&mut self, slot: usize, count: usize) -> Result<(), SimError> {
+                assert_eq!(self.placed[slot], count);
+                let mem = self.meta.mem.lock().unwrap();
+                let frags = &mem[slot * MAX_FRAGMENTS..slot * MAX_FRAGMENTS + count];
+                let mut pool = self.gpu.pool.lock().unwrap();
+                for f in frags {
+                    let p = f.src_off as usize;
+                    pool[p..p + PAGE].fill(POISON);
+                }
+                self.gpu
+                    .pages
+                    .lock()
+                    .unwrap()
+                    .release(frags.iter().map(|f| f.src_off / PAGE as u32))
+                    .map_err(|why| SimError::PageAccounting { why })?;
+                self.placed[slot] = 0;
+                Ok(())
+            }
+        }
+
+        impl Drop for FakeQueue {
+            fn drop(&mut self) {
+                let mem = self.meta.mem.lock().unwrap();
+                let mut pages = self.gpu.pages.lock().unwrap();
+                for (slot, &n) in self.placed.iter().enumerate() {
+                    let frags = &mem[slot * MAX_FRAGMENTS..slot * MAX_FRAGMENTS + n];
+                    pages
+                        .release(frags.iter().map(|f| f.src_off / PAGE as u32))
+                        .unwrap();
+                }
+            }
+        }
+
+        /// A connected pair in fake CUDA mode: 16 KiB chunks over `nsocks` sockets.
+        pub fn comms(
+            gpu: &Arc<FakeGpu>,
+            nsocks: usize,
+            nthreads: usize,
+        ) -> (SendComm, RecvComm, Arc<FakeMeta>) {
+            let (sl, rl) = links(nsocks, nthreads);
+            let send_io: Arc<dyn DeviceIo> = Arc::new(FakeIo {
+                gpu: Arc::clone(gpu),
+                meta: None,
+            });
+            let send = SendComm::new(sl, 16384, Some(send_io)).unwrap();
+            let q = FakeQueue::new(gpu);
+            let meta = Arc::clone(&q.meta);
+            let recv = RecvComm::new(rl, Some(Box::new(q))).unwrap();
+            (send, recv, meta)
+        }
+
+        /// The bytes of the receive in `slot`, unpacked on the host from its fragments.
+        pub fn unpack(gpu: &FakeGpu, meta: &FakeMeta, slot: usize, len: usize) -> Vec<u8> {
+            let cnt = meta.cnt.lock().unwrap()[slot] as usize;
+            let mem = meta.mem.lock().unwrap();
+            let frags = &mem[slot * MAX_FRAGMENTS..slot * MAX_FRAGMENTS + cnt];
+            tcpx_core::unpack::validate_fragments(
+                frags,
+                gpu.pool.lock().unwrap().len() as u64,
+                len as u64,
+            )
+            .unwrap();
+            let pool = gpu.pool.lock().unwrap();
+            let mut out = vec![0u8; len];
+            for f in frags {
+                let (s, d, n) = (f.src_off as usize, f.dst_off as usize, f.len as usize);
+                out[d..d + n].copy_from_slice(&pool[s..s + n]);
+            }
+            out
+        }
+
+        pub fn pages(meta: &FakeMeta, slot: usize) -> Vec<u32> {
+            let cnt = meta.cnt.lock().unwrap()[slot] as usize;
+            let mem = meta.mem.lock().unwrap();
+            mem[slot * MAX_FRAGMENTS..slot * MAX_FRAGMENTS + cnt]
+                .iter()
+                .map(|f| f.src_off / PAGE as u32)
+                .collect()
+        }
+
+        pub fn cuda(addr: usize, size: usize) -> Memory {
+            Memory::Cuda(CudaRegistration {
+                addr,
+                size,
+                device: 0,
+            })
+        }
+    }
+
+    fn pattern(seed: usize, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| ((i * 131 + seed * 7919 + i / 4096) % 251) as u8)
+            .collect()
+    }
+
+    fn wait_until(mut f: impl FnMut() -> bool) {
+        let t0 = Instant::now();
+        while !f() {
+            assert!(t0.elapsed() < Duration::from_secs(30), "stalled");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn cuda_receives_become_fragments_in_the_bounce_pool() {
+        use fakedev::*;
+        let gpu = FakeGpu::new(4096);
+        let (mut send, mut recv, meta) = comms(&gpu, 3, 2);
+        let sizes = [1usize, 4095, 4096, 4097, 16384, 16385, 100_000, 0, 1 << 20];
+        let max = *sizes.iter().max().unwrap();
+        // Send side: device memory; receive side: a device buffer the sim must never touch.
+        let datas: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(k, n)| pattern(k, *n))
+            .collect();
+        let srcs: Vec<usize> = datas.iter().map(|d| gpu.alloc(d.clone())).collect();
+        let smhs: Vec<usize> = srcs
+            .iter()
+            .zip(&sizes)
+            .map(|(a, n)| send.register(cuda(*a, (*n).max(1))))
+            .collect();
+        let dst = gpu.alloc(vec![0x5a; max]);
+        let rmh = recv.register(cuda(dst, max));
+        for (k, &n) in sizes.iter().enumerate() {
+            let rs = recv.irecv(dst, n as i32, rmh).unwrap();
+            let ss = send.isend(srcs[k], n as i32, smhs[k]).unwrap();
+            assert_eq!(rs, k % 16);
+            let (mut sd, mut rd) = (false, false);
+            wait_until(|| {
+                sd = sd || send.test(ss).unwrap();
+                rd = rd || recv.test(rs).unwrap();
+                sd && rd
+            });
+            assert_eq!(meta.cnt.lock().unwrap()[rs] as usize, n.div_ceil(4096));
+            assert!(
+                unpack(&gpu, &meta, rs, n) == datas[k],
+                "message {k} ({n} B)"
+            );
+            let p = pages(&meta, rs);
+            if p.len() >= 8 {
+                assert!(p.windows(2).any(|w| w[1] != w[0] + 1), "pages are shuffled");
+            }
+            recv.consumed(rs).unwrap();
+            // Consumed pages are poisoned and back in the pool.
+            let pool = gpu.pool.lock().unwrap();
+            assert!(p
+                .iter()
+                .all(|pg| pool[*pg as usize * 4096..(*pg as usize + 1) * 4096]
+                    .iter()
+                    .all(|b| *b == POISON)));
+            drop(pool);
+            assert_eq!(gpu.pages.lock().unwrap().free_pages(), 4096);
+        }
+        assert!(
+            gpu.read(dst, max).iter().all(|b| *b == 0x5a),
+            "the receive buffer was written"
+        );
+    }
+
+    #[test]
+    fn cuda_receives_wait_for_pages_until_earlier_ones_are_consumed() {
+        use fakedev::*;
+        // 64 pages: two 128 KiB receives (32 pages each) fill the pool.
+        let gpu = FakeGpu::new(64);
+        let (mut send, mut recv, meta) = comms(&gpu, 2, 1);
+        let n = 128 << 10;
+        let datas: Vec<Vec<u8>> = (0..4).map(|k| pattern(k + 40, n)).collect();
+        let src = gpu.alloc(datas.concat());
+        let smh = send.register(cuda(src, 4 * n));
+        let dst = gpu.alloc(vec![0; 4 * n]);
+        let rmh = recv.register(cuda(dst, 4 * n));
+        let rslots: Vec<usize> = (0..4)
+            .map(|k| recv.irecv(dst + k * n, n as i32, rmh).unwrap())
+            .collect();
+        let mut sslots: VecDeque<usize> = (0..4)
+            .map(|k| send.isend(src + k * n, n as i32, smh).unwrap())
+            .collect();
+        fn pump(send: &mut SendComm, sslots: &mut VecDeque<usize>) {
+            while let Some(&s) = sslots.front() {
+                if !send.test(s).unwrap() {
+                    break;
+                }
+                sslots.pop_front();
+            }
+        }
+        for &r in &rslots[..2] {
+            wait_until(|| {
+                pump(&mut send, &mut sslots);
+                recv.test(r).unwrap()
+            });
+        }
+        assert_eq!(gpu.pages.lock().unwrap().free_pages(), 0);
+        for _ in 0..500 {
+            pump(&mut send, &mut sslots);
+            assert!(
+                !recv.test(rslots[2]).unwrap(),
+                "completed without free pages"
+            );
+        }
+        assert!(unpack(&gpu, &meta, rslots[0], n) == datas[0]);
+        assert!(unpack(&gpu, &meta, rslots[1], n) == datas[1]);
+        for k in 0..4 {
+            if k >= 2 {
+                wait_until(|| {
+                    pump(&mut send, &mut sslots);
+                    recv.test(rslots[k]).unwrap()
+                });
+                assert!(unpack(&gpu, &meta, rslots[k], n) == datas[k], "message {k}");
+            }
+            recv.consumed(rslots[k]).unwrap();
+        }
+        wait_until(|| {
+            pump(&mut send, &mut sslots);
+            sslots.is_empty()
+        });
+        assert_eq!(gpu.pages.lock().unwrap().free_pages(), 64);
+    }
+
+    #[test]
+    fn a_cuda_receive_over_2048_pages_fails() {
+        use fakedev::*;
+        let gpu = FakeGpu::new(4096);
+        let (mut send, mut recv, _meta) = comms(&gpu, 1, 1);
+        let n = 2049 * 4096;
+        let src = gpu.alloc(vec![1; n]);
+        let smh = send.register(cuda(src, n));
+        let dst = gpu.alloc(vec![0; n]);
+        let rmh = recv.register(cuda(dst, n));
+        let r = recv.irecv(dst, n as i32, rmh).unwrap();
+        let s = send.isend(src, n as i32, smh).unwrap();
+        let t0 = Instant::now();
+        let err = loop {
+            assert!(t0.elapsed() < Duration::from_secs(30), "stalled");
+            let _ = send.test(s);
+            match recv.test(r) {
+                Ok(false) => {}
+                Ok(true) => panic!("a 2049-page receive completed"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err, SimError::TooManyFragments { count: 2049 });
+        drop(send);
+        drop(recv);
+        // The failed receive's pages go back when the comm closes.
+        assert_eq!(gpu.pages.lock().unwrap().free_pages(), 4096);
+    }
+
+    #[test]
+    fn host_receives_on_a_cuda_comm_fill_the_buffer() {
+        use fakedev::*;
+        let gpu = FakeGpu::new(64);
+        let (mut send, mut recv, meta) = comms(&gpu, 2, 2);
+        let data = pattern(3, 50_000);
+        let src = gpu.alloc(data.clone());
+        let smh = send.register(cuda(src, data.len()));
+        let mut host = vec![0u8; data.len()];
+        let rmh = recv.register(Memory::Host(region_of(&mut host)));
+        meta.cnt.lock().unwrap()[0] = 99;
+        let r = recv
+            .irecv(host.as_ptr() as usize, data.len() as i32, rmh)
+            .unwrap();
+        let s = send.isend(src, data.len() as i32, smh).unwrap();
+        let (mut sd, mut rd) = (false, false);
+        wait_until(|| {
+            sd = sd || send.test(s).unwrap();
+            rd = rd || recv.test(r).unwrap();
+            sd && rd
+        });
+        assert_eq!(
+            meta.cnt.lock().unwrap()[0],
+            0,
+            "host receives publish cnt 0"
+        );
+        recv.consumed(r).unwrap();
+        drop(recv);
+        drop(send);
+        assert!(host == data);
+        assert_eq!(gpu.pages.lock().unwrap().free_pages(), 64);
     }
 }

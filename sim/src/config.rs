@@ -13,12 +13,17 @@
 //! | `NCCL_GPUDIRECTTCPX_FLOW_STEERING_STRATEGY` | 3 | anything else makes `init` fail |
 //! | `NCCL_USE_DMA_BUF` | 1 | 0 makes CUDA `regMr` fail |
 //! | `TCPX_SIM_VIRTUAL_NICS` | unset | virtual NICs on loopback ([`crate::nic`]) |
+//! | `TCPX_SIM_CUDA` | unset = auto | `0`: host mode; `1`: CUDA mode or `init` fails; unset: CUDA mode when built with `cuda`, libcuda loads and a GPU exists ([`CudaMode`]) |
+//! | `TCPX_SIM_BOUNCE_BYTES` | 512 MiB | CUDA mode: bytes of each GPU's bounce pool, rounded up to 4 KiB; at least one chunk, at most 4 GiB |
 //!
 //! Integers are parsed like C's `strtoll(s, NULL, 0)` (decimal, `0x` hex, leading-`0` octal);
 //! unparsable or out-of-range values keep the default, as TCPX's `TCPX_GET_INT_FLAG` does.
 //! Sockets per comm = `NSOCKS_PERTHREAD × NTHREADS`; above 8 (`MAX_SOCKETS`) TCPX lowers the
 //! sockets per thread to `8 / NTHREADS`, which is 0 for more than 8 threads — the sim fails `init`
 //! there instead of creating comms that can never move data.
+//!
+//! The `TCPX_SIM_*` variables are the sim's own: a malformed or out-of-range value fails `init`
+//! ([`SimError::BadEnv`]) instead of falling back to a default.
 //!
 //! ```
 //! use tcpx_sim::config::Config;
@@ -45,6 +50,24 @@ use crate::nic::{self, Family, IfFilter, Nic};
 /// TCPX's `MAX_THREADS`: helper threads per comm.
 pub const MAX_THREADS: usize = 16;
 
+/// Default size of a GPU's bounce pool in CUDA mode: room for 16 in-flight 4 MiB receives on
+/// each of 8 comms.
+pub const DEFAULT_BOUNCE_BYTES: usize = 512 << 20;
+/// Largest bounce pool: `loadMeta::src_off` is a u32 (TCPX's RX pool is 4 GiB).
+pub const MAX_BOUNCE_BYTES: usize = 1 << 32;
+
+/// `TCPX_SIM_CUDA`: whether the sim runs in CUDA mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CudaMode {
+    /// Unset: CUDA mode when the build has the `cuda` feature, libcuda loads and a GPU exists;
+    /// host mode otherwise.
+    Auto,
+    /// `0`: host mode.
+    Off,
+    /// `1`: CUDA mode; `init` fails when it is not available.
+    On,
+}
+
 /// Everything `init` read.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -62,6 +85,10 @@ pub struct Config {
     pub nics: Vec<Nic>,
     /// Address of `NCCL_GPUDIRECTTCPX_CTRL_DEV`, when set.
     pub ctrl_addr: Option<IpAddr>,
+    /// `TCPX_SIM_CUDA`.
+    pub cuda: CudaMode,
+    /// `TCPX_SIM_BOUNCE_BYTES`: bytes of each GPU's bounce pool (a multiple of 4096).
+    pub bounce_bytes: usize,
 }
 
 /// Parses an integer like `strtoll(s, NULL, 0)`, requiring the whole string to be consumed.
@@ -193,6 +220,9 @@ impl Config {
             }
         };
 
+        let cuda = cuda_mode(env)?;
+        let bounce_bytes = bounce_bytes(env, chunk as usize)?;
+
         Ok(Config {
             chunk_size: chunk as usize,
             nsocks: nsocks as usize,
@@ -201,8 +231,51 @@ impl Config {
             use_dma_buf,
             nics,
             ctrl_addr,
+            cuda,
+            bounce_bytes,
         })
     }
+}
+
+/// Parses `TCPX_SIM_CUDA`.
+fn cuda_mode(env: &dyn Fn(&str) -> Option<String>) -> Result<CudaMode, SimError> {
+    match env("TCPX_SIM_CUDA").as_deref().map(str::trim) {
+        None | Some("") => Ok(CudaMode::Auto),
+        Some("0") => Ok(CudaMode::Off),
+        Some("1") => Ok(CudaMode::On),
+        Some(v) => Err(SimError::BadEnv {
+            var: "TCPX_SIM_CUDA",
+            why: format!("\"{v}\" is neither 0 (host mode) nor 1 (CUDA mode)"),
+        }),
+    }
+}
+
+/// Parses `TCPX_SIM_BOUNCE_BYTES`: rounded up to whole pages, at least one chunk's pages, at most
+/// 4 GiB.
+fn bounce_bytes(env: &dyn Fn(&str) -> Option<String>, chunk: usize) -> Result<usize, SimError> {
+    const VAR: &str = "TCPX_SIM_BOUNCE_BYTES";
+    let page = tcpx::net::abi::NET_PAGE_SIZE;
+    let min = chunk.div_ceil(page) * page;
+    let bytes = match env(VAR).filter(|s| !s.trim().is_empty()) {
+        None => DEFAULT_BOUNCE_BYTES.max(min),
+        Some(v) => {
+            let n = parse_c_int(&v).ok_or_else(|| SimError::BadEnv {
+                var: VAR,
+                why: format!("\"{v}\" is not an integer"),
+            })?;
+            usize::try_from(n).unwrap_or(0).div_ceil(page) * page
+        }
+    };
+    if bytes < min || bytes > MAX_BOUNCE_BYTES {
+        return Err(SimError::BadEnv {
+            var: VAR,
+            why: format!(
+                "{bytes} bytes: the bounce pool must hold one chunk ({min} bytes, \
+                 NCCL_DYNAMIC_CHUNK_SIZE rounded to pages) and at most 4 GiB"
+            ),
+        });
+    }
+    Ok(bytes)
 }
 
 fn family_ok(f: Family, a: &IpAddr) -> bool {
@@ -409,6 +482,7 @@ mod tests {
             ("NCCL_USE_DMA_BUF", "0"),
         ]);
         let c = c.ok();
+        assert_eq!(c.as_ref().map(|c| c.cuda), Some(CudaMode::Auto));
         assert_eq!(
             c.as_ref().map(|c| c.flow_steering_wait),
             Some(Duration::from_micros(1500))
@@ -423,5 +497,53 @@ mod tests {
             cfg(&[CHUNK, ("NCCL_GPUDIRECTTCPX_CTRL_DEV", "nope")]),
             Err(SimError::NoInterface { .. })
         ));
+    }
+
+    #[test]
+    fn cuda_mode_and_bounce_pool_size() {
+        let get = |v: &[(&str, &str)]| cfg(v).map(|c| (c.cuda, c.bounce_bytes));
+        assert_eq!(get(&[CHUNK]), Ok((CudaMode::Auto, DEFAULT_BOUNCE_BYTES)));
+        assert_eq!(
+            get(&[CHUNK, ("TCPX_SIM_CUDA", "0")]).map(|c| c.0),
+            Ok(CudaMode::Off)
+        );
+        assert_eq!(
+            get(&[CHUNK, ("TCPX_SIM_CUDA", "1")]).map(|c| c.0),
+            Ok(CudaMode::On)
+        );
+        assert!(matches!(
+            get(&[CHUNK, ("TCPX_SIM_CUDA", "yes")]),
+            Err(SimError::BadEnv {
+                var: "TCPX_SIM_CUDA",
+                ..
+            })
+        ));
+        // Rounded up to whole pages.
+        assert_eq!(
+            get(&[CHUNK, ("TCPX_SIM_BOUNCE_BYTES", "1048577")]).map(|c| c.1),
+            Ok(1_048_576 + 4096)
+        );
+        assert_eq!(
+            get(&[CHUNK, ("TCPX_SIM_BOUNCE_BYTES", "0x100000000")]).map(|c| c.1),
+            Ok(1 << 32)
+        );
+        // Smaller than one chunk, larger than 4 GiB, or not a number: init fails.
+        for bad in ["4096", "0x100001000", "lots", "-1"] {
+            assert!(
+                matches!(
+                    get(&[CHUNK, ("TCPX_SIM_BOUNCE_BYTES", bad)]),
+                    Err(SimError::BadEnv {
+                        var: "TCPX_SIM_BOUNCE_BYTES",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+        // A chunk larger than the default pool raises the default to one chunk.
+        assert_eq!(
+            get(&[("NCCL_DYNAMIC_CHUNK_SIZE", "0x40000001")]).map(|c| c.1),
+            Ok((1 << 30) + 4096)
+        );
     }
 }

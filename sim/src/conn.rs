@@ -466,6 +466,8 @@ mod tests {
                 is_virtual: false,
             }],
             ctrl_addr: None,
+            cuda: crate::config::CudaMode::Off,
+            bounce_bytes: crate::config::DEFAULT_BOUNCE_BYTES,
         }
     }
 

@@ -223,6 +223,35 @@ pub enum SimError {
     CudaNeedsDmaBuf,
     /// `regMr(NCCL_PTR_CUDA)` while the sim runs in host mode.
     CudaNeedsCudaMode,
+    /// `regMr(NCCL_PTR_CUDA)` of a range that is not CUDA device memory of one GPU.
+    NotDeviceMemory {
+        /// Start of the range.
+        addr: usize,
+        /// Its size.
+        size: usize,
+    },
+    /// `TCPX_SIM_CUDA=1` but CUDA mode cannot run (no `cuda` feature, no libcuda, no GPU).
+    CudaUnavailable {
+        /// Why.
+        why: String,
+    },
+    /// A CUDA driver call failed inside a plugin call or a helper thread.
+    Cuda {
+        /// The driver function.
+        call: &'static str,
+        /// Its `CUresult`.
+        code: u32,
+    },
+    /// A receive into CUDA memory needs more than 2048 fragments (4 KiB pages).
+    TooManyFragments {
+        /// Fragments it would need.
+        count: usize,
+    },
+    /// The bounce-pool page accounting broke (a page freed twice or unknown): a sim bug.
+    PageAccounting {
+        /// What the allocator refused.
+        why: crate::pages::PageError,
+    },
     /// `iflush` was called.
     Iflush,
     /// A Rust panic inside the sim was caught at the C boundary.
@@ -245,6 +274,7 @@ impl SimError {
             | SimError::BadHandle { .. }
             | SimError::NegativeSize { .. } => NcclResult::INVALID_ARGUMENT,
             SimError::Broken { rc } => *rc,
+            SimError::Cuda { .. } => NcclResult::UNHANDLED_CUDA_ERROR,
             _ => NcclResult::INTERNAL_ERROR,
         }
     }
@@ -294,6 +324,13 @@ impl SimError {
             SimError::CudaNotAligned { .. } => "CUDA registrations are 4096-byte aligned",
             SimError::CudaNeedsDmaBuf => "CUDA regMr needs NCCL_USE_DMA_BUF=1",
             SimError::CudaNeedsCudaMode => "CUDA memory needs a GPU bounce pool",
+            SimError::NotDeviceMemory { .. } => "NCCL_PTR_CUDA registrations are device memory",
+            SimError::CudaUnavailable { .. } => "TCPX needs CUDA and a GPU",
+            SimError::Cuda { .. } => "CUDA calls succeed",
+            SimError::TooManyFragments { .. } => {
+                "at most 2048 fragments per receive (keep receives <= 4 MiB)"
+            }
+            SimError::PageAccounting { .. } => "bounce pages are owned by one receive at a time",
             SimError::Iflush => "never call iflush",
             SimError::Panic => "no panic crosses the C boundary",
             SimError::Broken { .. } => "no use of a failed comm",
@@ -326,6 +363,10 @@ impl SimError {
             }
             SimError::Iflush => "reads an output argument as a request and crashes",
             SimError::CudaNeedsCudaMode => "registers the dmabuf through Google's kernel",
+            SimError::NotDeviceMemory { .. } => "fails to export a dmabuf: ncclInternalError",
+            SimError::CudaUnavailable { .. } => "fails init (cuInit / cuDeviceGetCount)",
+            SimError::TooManyFragments { .. } => "\"received N/2048 segs, failstop\": exit(1)",
+            SimError::PageAccounting { .. } => "n/a (a tcpx-sim bug)",
             SimError::Panic | SimError::Poisoned => "n/a",
             SimError::Broken { .. } => "returns the comm's error",
             _ => "returns the same code",
@@ -458,6 +499,22 @@ impl fmt::Display for SimError {
                 f,
                 "CUDA memory needs tcpx-sim CUDA mode; this build runs in host mode"
             ),
+            SimError::NotDeviceMemory { addr, size } => write!(
+                f,
+                "regMr(NCCL_PTR_CUDA) of {addr:#x}+{size}, which is not device memory of one GPU"
+            ),
+            SimError::CudaUnavailable { why } => {
+                write!(f, "CUDA mode requested (TCPX_SIM_CUDA=1) but unavailable: {why}")
+            }
+            SimError::Cuda { call, code } => {
+                write!(f, "call to {call} failed: {} ({code})", cuda_error_name(*code))
+            }
+            SimError::TooManyFragments { count } => write!(
+                f,
+                "received {count}/2048 segs, failstop: a receive into CUDA memory needs more than \
+                 2048 4 KiB pages"
+            ),
+            SimError::PageAccounting { why } => write!(f, "bounce pool accounting: {why}"),
             SimError::Iflush => write!(f, "never call iflush on TCPX"),
             SimError::Panic => write!(f, "internal panic caught at the C boundary"),
             SimError::Broken { rc } => write!(f, "the comm failed earlier with {rc}"),
@@ -466,6 +523,35 @@ impl fmt::Display for SimError {
 }
 
 impl std::error::Error for SimError {}
+
+/// The name of a `CUresult` the sim may see (numbers from `cuda.h`).
+pub fn cuda_error_name(code: u32) -> &'static str {
+    match code {
+        0 => "CUDA_SUCCESS",
+        1 => "CUDA_ERROR_INVALID_VALUE",
+        2 => "CUDA_ERROR_OUT_OF_MEMORY",
+        3 => "CUDA_ERROR_NOT_INITIALIZED",
+        4 => "CUDA_ERROR_DEINITIALIZED",
+        34 => "CUDA_ERROR_STUB_LIBRARY",
+        35 => "CUDA_ERROR_INSUFFICIENT_DRIVER",
+        100 => "CUDA_ERROR_NO_DEVICE",
+        101 => "CUDA_ERROR_INVALID_DEVICE",
+        200 => "CUDA_ERROR_INVALID_IMAGE",
+        201 => "CUDA_ERROR_INVALID_CONTEXT",
+        209 => "CUDA_ERROR_NO_BINARY_FOR_GPU",
+        218 => "CUDA_ERROR_INVALID_PTX",
+        222 => "CUDA_ERROR_UNSUPPORTED_PTX_VERSION",
+        400 => "CUDA_ERROR_INVALID_HANDLE",
+        500 => "CUDA_ERROR_NOT_FOUND",
+        600 => "CUDA_ERROR_NOT_READY",
+        700 => "CUDA_ERROR_ILLEGAL_ADDRESS",
+        701 => "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES",
+        702 => "CUDA_ERROR_LAUNCH_TIMEOUT",
+        719 => "CUDA_ERROR_LAUNCH_FAILED",
+        999 => "CUDA_ERROR_UNKNOWN",
+        _ => "a CUDA error",
+    }
+}
 
 impl SimError {
     /// Wraps an I/O error of `op`, mapping "connection closed" kinds to [`SimError::PeerClosed`].
@@ -513,6 +599,28 @@ mod tests {
             }
             .rc(),
             NcclResult::SYSTEM_ERROR
+        );
+    }
+
+    #[test]
+    fn cuda_failures_are_unhandled_cuda_errors() {
+        let e = SimError::Cuda {
+            call: "cuMemAlloc",
+            code: 2,
+        };
+        assert_eq!(e.rc(), NcclResult::UNHANDLED_CUDA_ERROR);
+        assert!(e.to_string().contains("cuMemAlloc"));
+        assert!(e.to_string().contains("CUDA_ERROR_OUT_OF_MEMORY (2)"));
+        assert_eq!(
+            SimError::TooManyFragments { count: 2049 }.rc(),
+            NcclResult::INTERNAL_ERROR
+        );
+        assert!(SimError::TooManyFragments { count: 2049 }
+            .to_string()
+            .contains("2049/2048 segs"));
+        assert_eq!(
+            SimError::NotDeviceMemory { addr: 1, size: 2 }.rc(),
+            NcclResult::INTERNAL_ERROR
         );
     }
 

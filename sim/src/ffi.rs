@@ -335,7 +335,7 @@ unsafe extern "C" fn sim_reg_mr(
             PTR_CUDA => {
                 let p = c.plugin();
                 check_cuda_registration(p.config.use_dma_buf, addr)?;
-                Memory::Cuda(p.memory.register_cuda(addr, size)?)
+                Memory::Cuda(p.memory.register_cuda(addr, size, &p.logger)?)
             }
             ty => return Err(SimError::UnknownMemType { ty }),
         };

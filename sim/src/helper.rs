@@ -11,6 +11,12 @@
 //! the socket's completion counter (`AtomicU64`, release). The comm reads the counters (acquire)
 //! in `test`. No allocation, no lock.
 //!
+//! CUDA mode: a chunk of device memory ([`Io::DeviceSend`], [`Io::DeviceRecv`]) goes through the
+//! thread's [`Stager`] (host staging, device copies; [`crate::bounce`]), made from the comm's
+//! [`DeviceIo`] when the thread starts — during comm setup, not on the data path — and kept until
+//! the thread ends (a failure there fails the comm's first `test`). A device receive counts as
+//! completed only once its bytes are in the bounce pool.
+//!
 //! Invariants:
 //! * Per socket, tasks complete in submission order (one thread serves a socket, FIFO queue).
 //! * Each side queues the tasks of a socket in the same order (the receiver follows the sender's
@@ -21,7 +27,7 @@
 //! ```no_run
 //! # use tcpx_sim::helper::{Direction, Helpers};
 //! # fn demo(socks: Vec<std::net::TcpStream>) -> Result<(), tcpx_sim::error::SimError> {
-//! let helpers = Helpers::spawn(Direction::Send, socks, 1, 6)?;
+//! let helpers = Helpers::spawn(Direction::Send, socks, 1, 6, None)?;
 //! assert_eq!(helpers.completed(0), 0);
 //! # Ok(()) }
 //! ```
@@ -34,6 +40,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use crate::bounce::{DeviceIo, DeviceRange, StagedChunk, Stager};
 use crate::error::SimError;
 use crate::hostmem::IoRange;
 
@@ -46,13 +53,24 @@ pub enum Direction {
     Recv,
 }
 
+/// The bytes of one chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Io {
+    /// Host memory, sent from or received into directly.
+    Host(IoRange),
+    /// Device memory to send (copied to host staging first).
+    DeviceSend(DeviceRange),
+    /// A chunk of a CUDA receive, scattered into the bounce pool.
+    DeviceRecv(StagedChunk),
+}
+
 /// One chunk for one data socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Task {
     /// Data socket index.
     pub sock: usize,
     /// The bytes to send or fill.
-    pub range: IoRange,
+    pub io: Io,
 }
 
 struct Shared {
@@ -96,12 +114,14 @@ impl std::fmt::Debug for Helpers {
 
 impl Helpers {
     /// Starts `nthreads` helpers (at most one per socket) over `sockets`, each queue holding up
-    /// to `tasks_per_socket` tasks per socket it serves.
+    /// to `tasks_per_socket` tasks per socket it serves. `device` moves device chunks (CUDA
+    /// mode); without it a device task fails the helper.
     pub fn spawn(
         dir: Direction,
         sockets: Vec<TcpStream>,
         nthreads: usize,
         tasks_per_socket: usize,
+        device: Option<Arc<dyn DeviceIo>>,
     ) -> Result<Helpers, SimError> {
         let nsocks = sockets.len();
         let nthreads = nthreads.clamp(1, nsocks.max(1));
@@ -124,13 +144,14 @@ impl Helpers {
             let (tx, rx) = sync_channel::<Task>(tasks_per_socket * served + 1);
             let socks = helpers.sockets.clone();
             let shared = Arc::clone(&helpers.shared);
+            let device = device.clone();
             let name = match dir {
                 Direction::Send => format!("tcpx-sim-tx{t}"),
                 Direction::Recv => format!("tcpx-sim-rx{t}"),
             };
             let handle = std::thread::Builder::new()
                 .name(name)
-                .spawn(move || run(dir, rx, socks, shared))
+                .spawn(move || run(dir, rx, socks, shared, device))
                 .map_err(|e| SimError::Io {
                     op: "spawn helper thread",
                     errno: e.raw_os_error(),
@@ -199,8 +220,70 @@ impl Drop for Helpers {
     }
 }
 
-fn run(dir: Direction, rx: Receiver<Task>, sockets: Vec<Arc<TcpStream>>, shared: Arc<Shared>) {
+/// The thread's stager, made from `device` on first use.
+fn stager_for<'a>(
+    stager: &'a mut Option<Box<dyn Stager>>,
+    device: Option<&Arc<dyn DeviceIo>>,
+) -> Result<&'a mut dyn Stager, SimError> {
+    const NO_CUDA: SimError = SimError::Protocol {
+        why: "a device chunk on a comm without CUDA mode",
+    };
+    if stager.is_none() {
+        *stager = Some(device.ok_or(NO_CUDA)?.stager()?);
+    }
+    match stager {
+        Some(s) => Ok(s.as_mut()),
+        None => Err(NO_CUDA),
+    }
+}
+
+/// Moves one task's bytes.
+fn move_bytes(
+    dir: Direction,
+    task: Task,
+    sock: &TcpStream,
+    device: Option<&Arc<dyn DeviceIo>>,
+    stager: &mut Option<Box<dyn Stager>>,
+) -> Result<(), SimError> {
+    let op = match dir {
+        Direction::Send => "send",
+        Direction::Recv => "recv",
+    };
+    let host = |r: std::io::Result<()>| r.map_err(|e| SimError::from_io(op, Some(task.sock), &e));
+    match (dir, task.io) {
+        (Direction::Send, Io::Host(r)) => host(r.send_all(sock)),
+        (Direction::Recv, Io::Host(r)) => host(r.recv_all(sock)),
+        (Direction::Send, Io::DeviceSend(r)) => {
+            stager_for(stager, device)?.send(sock, task.sock, r)
+        }
+        (Direction::Recv, Io::DeviceRecv(c)) => {
+            stager_for(stager, device)?.recv(sock, task.sock, c)
+        }
+        _ => Err(SimError::Protocol {
+            why: "a device chunk of the wrong direction",
+        }),
+    }
+}
+
+fn run(
+    dir: Direction,
+    rx: Receiver<Task>,
+    sockets: Vec<Arc<TcpStream>>,
+    shared: Arc<Shared>,
+    device: Option<Arc<dyn DeviceIo>>,
+) {
     let body = AssertUnwindSafe(|| {
+        // Made at thread start (CUDA mode), dropped (staging freed) when the thread ends.
+        let mut stager: Option<Box<dyn Stager>> = None;
+        if let Some(d) = &device {
+            match d.stager() {
+                Ok(s) => stager = Some(s),
+                Err(e) => {
+                    shared.fail(e);
+                    return;
+                }
+            }
+        }
         while let Ok(task) = rx.recv() {
             let Some(sock) = sockets.get(task.sock) else {
                 shared.fail(SimError::Protocol {
@@ -208,22 +291,14 @@ fn run(dir: Direction, rx: Receiver<Task>, sockets: Vec<Arc<TcpStream>>, shared:
                 });
                 return;
             };
-            let res = match dir {
-                Direction::Send => task.range.send_all(sock),
-                Direction::Recv => task.range.recv_all(sock),
-            };
-            match res {
+            match move_bytes(dir, task, sock, device.as_ref(), &mut stager) {
                 Ok(()) => {
                     if let Some(c) = shared.completed.get(task.sock) {
                         c.fetch_add(1, Ordering::Release);
                     }
                 }
                 Err(e) => {
-                    let op = match dir {
-                        Direction::Send => "send",
-                        Direction::Recv => "recv",
-                    };
-                    shared.fail(SimError::from_io(op, Some(task.sock), &e));
+                    shared.fail(e);
                     return;
                 }
             }
@@ -263,8 +338,8 @@ mod tests {
     #[test]
     fn tasks_move_bytes_and_count_per_socket() {
         let (a, b) = pairs(3);
-        let tx = Helpers::spawn(Direction::Send, a, 2, 6).unwrap();
-        let rx = Helpers::spawn(Direction::Recv, b, 2, 6).unwrap();
+        let tx = Helpers::spawn(Direction::Send, a, 2, 6, None).unwrap();
+        let rx = Helpers::spawn(Direction::Recv, b, 2, 6, None).unwrap();
         let mut src: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let mut dst = vec![0u8; 300_000];
         // Both vectors outlive the helpers and are not touched until the completions were seen.
@@ -275,12 +350,12 @@ mod tests {
             let sock = i % 3;
             tx.submit(Task {
                 sock,
-                range: s.sub(off, 50_000).unwrap(),
+                io: Io::Host(s.sub(off, 50_000).unwrap()),
             })
             .unwrap();
             rx.submit(Task {
                 sock,
-                range: d.sub(off, 50_000).unwrap(),
+                io: Io::Host(d.sub(off, 50_000).unwrap()),
             })
             .unwrap();
         }
@@ -293,13 +368,13 @@ mod tests {
     #[test]
     fn peer_close_is_recorded_as_peer_closed() {
         let (a, b) = pairs(1);
-        let rx = Helpers::spawn(Direction::Recv, b, 1, 6).unwrap();
+        let rx = Helpers::spawn(Direction::Recv, b, 1, 6, None).unwrap();
         let mut dst = vec![0u8; 1000];
         // `dst` outlives `rx` (dropped first below).
         let rd = region_of(&mut dst);
         rx.submit(Task {
             sock: 0,
-            range: rd.range(rd.base(), 1000).unwrap(),
+            io: Io::Host(rd.range(rd.base(), 1000).unwrap()),
         })
         .unwrap();
         drop(a);
@@ -311,16 +386,34 @@ mod tests {
     }
 
     #[test]
+    fn device_chunks_without_cuda_mode_fail_the_helper() {
+        let (_a, b) = pairs(1);
+        let rx = Helpers::spawn(Direction::Recv, b, 1, 6, None).unwrap();
+        rx.submit(Task {
+            sock: 0,
+            io: Io::DeviceRecv(StagedChunk {
+                frags: 0x1000,
+                nfrags: 1,
+                len: 4096,
+            }),
+        })
+        .unwrap();
+        wait_for(|| rx.error().is_some());
+        assert!(matches!(rx.error(), Some(SimError::Protocol { .. })));
+        assert_eq!(rx.completed(0), 0);
+    }
+
+    #[test]
     fn drop_unblocks_and_joins() {
         let (a, _b) = pairs(2);
-        let tx = Helpers::spawn(Direction::Send, a, 1, 6).unwrap();
+        let tx = Helpers::spawn(Direction::Send, a, 1, 6, None).unwrap();
         let mut src = vec![7u8; 64 << 20];
         // `src` outlives `tx`, which joins its helpers in drop before `src` is touched again.
         let rs = region_of(&mut src);
         // 64 MiB to a peer that never reads: the helper blocks in send until drop shuts it down.
         tx.submit(Task {
             sock: 1,
-            range: rs.range(rs.base(), rs.len()).unwrap(),
+            io: Io::Host(rs.range(rs.base(), rs.len()).unwrap()),
         })
         .unwrap();
         std::thread::sleep(Duration::from_millis(20));

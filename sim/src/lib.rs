@@ -23,7 +23,8 @@
 //! | requests | ≤ 16 per comm ("unable to allocate requests"); a recv holds its slot until `irecvConsumed`; irecv `n == 1`; tags ignored; FIFO matching; `test` only on the oldest outstanding request; `test` never writes `sizes`; progress only inside `test` |
 //! | receives | the k-th receive uses unpack slot `k % 16`; size-0 messages take a slot (cnt 0); `irecvConsumed` in FIFO order, only after done; host receives land in the irecv buffer, `cnt[slot] = 0` |
 //! | errors | peer closed / socket error → `ncclSystemError` (2) from `test`; contract violations → `ncclInternalError` (3) |
-//! | memory | `regMr(HOST)` records the buffer; `regMr(CUDA)` checks `NCCL_USE_DMA_BUF` and `data % 4096 == 0`, then fails in host mode ("CUDA memory needs tcpx-sim CUDA mode"); `regMrDmaBuf` NULL; `getDeviceMr` no-op; `iflush` fails ("never call iflush on TCPX") |
+//! | memory | `regMr(HOST)` records the buffer; `regMr(CUDA)` checks `NCCL_USE_DMA_BUF` and `data % 4096 == 0` ("data not aligned"), then needs CUDA mode and device memory of one GPU; `regMrDmaBuf` NULL; `getDeviceMr` no-op; `iflush` fails ("never call iflush on TCPX") |
+//! | CUDA mode | the device handle in device memory, the metadata in pinned device-mapped memory, a per-GPU bounce pool; receives into CUDA memory land there as shuffled 4 KiB pages (the irecv buffer is never written), `cnt[slot]` last; `irecvConsumed` poisons and frees the pages; sends from CUDA memory are copied to host staging first — see the `cuda` module (feature `cuda`) |
 //! | close | stops helper threads; WARNs when receives were not consumed |
 //!
 //! Stricter than TCPX (*sim*), each a loud failure instead of a crash, hang or silent corruption:
@@ -46,6 +47,9 @@
 //! * `NCCL_GPUDIRECTTCPX_PROGRAM_FLOW_STEERING_WAIT_MICROS` — sleep after accept (sim default 0; TCPX 5 s).
 //! * `NCCL_USE_DMA_BUF` — 0 makes CUDA `regMr` fail.
 //! * `TCPX_SIM_VIRTUAL_NICS` — *sim only*: virtual NICs on loopback, below.
+//! * `TCPX_SIM_CUDA` — *sim only*: `0` host mode, `1` CUDA mode or `init` fails, unset = CUDA mode
+//!   when built with `cuda`, libcuda loads and a GPU exists.
+//! * `TCPX_SIM_BOUNCE_BYTES` — *sim only*: each GPU's bounce pool in CUDA mode (default 512 MiB).
 //!
 //! ## Virtual NICs
 //!
@@ -73,17 +77,18 @@
 //! ```
 //!
 //! Like TCPX it reports `ptrSupport = HOST|CUDA` and an UNPACK device type, so NCCL registers
-//! GPU buffers; in this host-mode build that `regMr` fails loudly. Running NCCL end to end needs
-//! the CUDA mode ([`bounce`]).
+//! GPU buffers and runs its unpack kernel over the sim's metadata: NCCL end to end needs CUDA
+//! mode (build with `--features cuda`). `lo` has no PCI path, so NCCL only uses GPU buffers
+//! (GDR) with `NCCL_NET_GDR_LEVEL=SYS`; `scripts/gpu/nccl-sim.sh` has a complete setup.
 //!
 //! The `tcpx` crate loads it like the real plugin (`Plugin::load(path)`); in-process users can
 //! take the table directly with [`plugin_v7`].
 //!
 //! ## What it does not emulate
 //!
-//! CUDA memory (host mode only in this build; [`bounce`] is the seam for a CUDA mode with a GPU
-//! bounce pool), devmem-TCP, zero-copy send and its completion notifications, RxDM and flow
-//! steering (the wait after accept is honoured), the ConnectionState retries, the per-socket
+//! devmem-TCP (CUDA mode stages through pinned host memory instead), zero-copy send and its
+//! completion notifications, RxDM and flow steering (the wait after accept is honoured), the
+//! ConnectionState retries, the per-socket
 //! 100 ms connect delay, TX/RX CPU bindings and thread pinning, `NCCL_GPUDIRECTTCPX_RECV_SYNC`,
 //! `NCCL_INLINE_THRESHOLD` (size-0 messages are always inline), the KATY scheduler, slowness
 //! reports, telemetry, TCPX's per-receive "requested receive on host mem buffer" WARN, TCPX's
@@ -91,9 +96,9 @@
 //!
 //! ## Layout
 //!
-//! `unsafe` lives in three modules: [`ffi`] (the exported table and entry points), [`hostmem`]
-//! (slices over caller-registered buffers) and [`bounce`] (the unpack-queue allocation), plus the
-//! logger call in [`log`]. Everything else forbids it.
+//! `unsafe` lives in [`ffi`] (the exported table and entry points), [`hostmem`] (slices over
+//! caller-registered buffers), [`bounce`] (the host unpack-queue allocation), `cuda` (the CUDA
+//! glue of CUDA mode), plus the logger call in [`log`]. Everything else forbids it.
 //!
 //! | module | role |
 //! |---|---|
@@ -104,7 +109,9 @@
 //! | [`request`] | the 16-slot FIFO request ring |
 //! | [`helper`] | helper threads doing blocking socket I/O |
 //! | [`hostmem`] | registered host buffers and the ranges helpers move |
-//! | [`bounce`] | unpack queue, CUDA registration seam |
+//! | [`bounce`] | unpack queue, host/CUDA mode seam, CUDA registration rules |
+//! | [`pages`] | bounce-pool page allocator, page shuffler, fragment builder (pure Rust) |
+//! | `cuda` | CUDA mode: driver glue, per-GPU bounce pool and kernels, unpack queue, staging (feature `cuda`) |
 //! | [`config`], [`nic`] | environment and devices |
 //! | [`wire`] | handle, hello and control-message encodings |
 //! | [`error`], [`log`] | failures and how they are reported |
@@ -125,12 +132,15 @@ pub mod bounce;
 pub mod comm;
 pub mod config;
 pub mod conn;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod ffi;
 pub mod helper;
 pub mod hostmem;
 pub mod log;
 pub mod nic;
+pub mod pages;
 pub mod plugin;
 pub mod request;
 pub mod wire;

@@ -31,7 +31,7 @@ use tcpx::net::abi::{
     NET_DEVICE_UNPACK_VERSION, PTR_CUDA, PTR_HOST,
 };
 
-use crate::bounce::{DeviceMemory, HostMemory};
+use crate::bounce::{select_memory, DeviceMemory};
 use crate::comm::{Memory, RecvComm, SendComm};
 use crate::config::Config;
 use crate::conn::{self, ListenComm};
@@ -74,10 +74,17 @@ pub fn init(logger: Logger, env: &dyn Fn(&str) -> Option<String>) -> Result<Arc<
             return Err(e);
         }
     };
+    let memory = match select_memory(&config, &logger) {
+        Ok(m) => m,
+        Err(e) => {
+            *cur = None;
+            return Err(e);
+        }
+    };
     let p = Arc::new(Plugin {
         config,
         logger,
-        memory: Box::new(HostMemory),
+        memory,
     });
     if let Ok(mut all) = EVERY.lock() {
         all.push(Arc::clone(&p));
@@ -169,7 +176,7 @@ impl Plugin {
         match conn::connect(&self.config, dev, handle)? {
             None => Ok(None),
             Some(link) => {
-                let comm = SendComm::new(link, self.config.chunk_size)?;
+                let comm = SendComm::new(link, self.config.chunk_size, self.memory.send_io()?)?;
                 Ok(Some(CommObject::new(Arc::clone(self), Comm::Send(comm))))
             }
         }
@@ -230,7 +237,7 @@ impl ListenObject {
             Some(l) => l,
         };
         let queue = if dev_handle {
-            Some(self.plugin.memory.new_unpack_queue()?)
+            Some(self.plugin.memory.new_unpack_queue(&self.plugin.logger)?)
         } else {
             None
         };
@@ -406,11 +413,18 @@ impl CommObject {
         }
     }
 
-    /// `test` on the request in `slot`.
+    /// `test` on the request in `slot`; logs the WARN a receive raised meanwhile (a receive
+    /// starved of bounce pages).
     pub fn test(&self, slot: usize) -> Result<bool, SimError> {
         match &mut *self.guard()? {
             Comm::Send(s) => s.test(slot),
-            Comm::Recv(r) => r.test(slot),
+            Comm::Recv(r) => {
+                let done = r.test(slot);
+                if let Some(w) = r.take_warning() {
+                    self.plugin.logger.warn(Call::Test, format_args!("{w}"));
+                }
+                done
+            }
         }
     }
 
