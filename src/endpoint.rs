@@ -84,6 +84,11 @@ pub struct EndpointConfig {
     /// Let the progress thread yield its CPU while it waits on the network (see
     /// [`EngineConfig::yield_when_waiting`]); turn off on machines with cores to spare.
     pub yield_when_waiting: bool,
+    /// The GPU: made current on the calling thread for listen/accept/connect (TCPX uses the
+    /// thread's current device) and on the progress thread, which unpacks received chunks out
+    /// of the bounce pool when the plugin publishes unpack metadata.
+    #[cfg(feature = "cuda")]
+    pub cuda: Option<crate::engine::CudaRecvConfig>,
 }
 
 impl Default for EndpointConfig {
@@ -96,6 +101,8 @@ impl Default for EndpointConfig {
             pinning: Pinning::NumaLocal,
             stall_timeout: Duration::from_secs(30),
             yield_when_waiting: true,
+            #[cfg(feature = "cuda")]
+            cuda: None,
         }
     }
 }
@@ -136,6 +143,9 @@ pub enum Error {
     },
     /// The progress thread is gone (it panicked or was shut down).
     EngineGone,
+    /// The GPU receive path could not be set up (no GPU, a device handle that is not device
+    /// memory, …).
+    Gpu(String),
 }
 
 impl fmt::Display for Error {
@@ -159,6 +169,7 @@ impl fmt::Display for Error {
             ),
             Self::Timeout { what, waited } => write!(f, "{what} timed out after {waited:.1?}"),
             Self::EngineGone => f.write_str("the progress thread is gone"),
+            Self::Gpu(e) => write!(f, "GPU receive path: {e}"),
         }
     }
 }
@@ -325,6 +336,8 @@ impl Endpoint {
             cpus,
             name: format!("tcpx-progress-gpu{}", config.gpu),
             yield_when_waiting: config.yield_when_waiting,
+            #[cfg(feature = "cuda")]
+            cuda: config.cuda.clone(),
         };
         let engine = Engine::new(
             submissions,
@@ -424,6 +437,7 @@ impl Endpoint {
         let Message::Hello(hello) = control.expect(MessageKind::Hello, deadline)? else {
             return Err(Error::Unknown("bootstrap message"));
         };
+        self.make_gpu_current()?;
         let channels = self.config.channels;
         let chunk = self.config.chunk_bytes;
         let plan = PlanConfig::new(chunk, channels, Policy::RoundRobin)?;
@@ -508,6 +522,7 @@ impl Endpoint {
             return Err(Error::Unknown("bootstrap message"));
         };
         let plan = PlanConfig::new(h.chunk_bytes, h.channels(), Policy::RoundRobin)?;
+        self.make_gpu_current()?;
         let cm = ChannelManager::new(
             &self.plugin,
             self.config.gpu,
@@ -643,6 +658,17 @@ impl Endpoint {
             thread::park_timeout(left.min(Duration::from_millis(1)));
         }
         self.shared.waiting.store(false, Ordering::SeqCst);
+    }
+
+    /// TCPX uses the calling thread's current CUDA device in listen, accept, connect and regMr.
+    fn make_gpu_current(&self) -> Result<(), Error> {
+        #[cfg(feature = "cuda")]
+        if let Some(c) = &self.config.cuda {
+            c.gpu
+                .make_current()
+                .map_err(|e| Error::Gpu(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Transfers posted and not yet taken as completions.

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | [`bootstrap`] | the TCP control plane: hello, listen handles, barriers |
 //! | [`channel`] | the ChannelManager: N comms per GPU, NIC choice, listen/accept/connect |
+//! | `cuda` | (feature `cuda`) the GPU unpack: device buffers, stream, events, the batched unpack kernel |
 //! | [`engine`] | the progress engine: one thread per GPU keeping every comm busy |
 //! | [`endpoint`] | the public API: endpoints, connections, post / poll / wait |
 //! | [`net`] | the plugin ABI mirror and the plugin loader |
@@ -15,6 +16,8 @@
 
 pub mod bootstrap;
 pub mod channel;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod endpoint;
 pub mod engine;
 pub mod net;

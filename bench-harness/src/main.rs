@@ -10,6 +10,7 @@
 //! | `server` / `client` | one process per side (port base + GPU), like `test_tcpx_perf_multi` |
 //! | `orchestrator` | every GPU of a node in one process, like `test_tcpx_perf_orchestrator` |
 //! | `engine` | the progress engine's ns per chunk on an in-process null plugin |
+//! | `unpack` | (feature `cuda`) the GPU unpack kernel: GB/s vs D2D copy, launch → event vs empty kernel |
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,8 @@ use clap::{Parser, Subcommand};
 mod core_bench;
 mod engine_bench;
 mod transfer;
+#[cfg(feature = "cuda")]
+mod unpack_bench;
 
 /// Benchmarks for tcpx-rs.
 #[derive(Parser, Debug)]
@@ -40,6 +43,9 @@ enum Command {
     Orchestrator(transfer::OrchestratorArgs),
     /// The progress engine's cost per chunk on an in-process null plugin.
     Engine(engine_bench::EngineArgs),
+    /// GPU unpack kernel: bandwidth against a D2D copy, launch latency against an empty kernel.
+    #[cfg(feature = "cuda")]
+    Unpack(unpack_bench::UnpackArgs),
 }
 
 fn main() {
@@ -51,6 +57,8 @@ fn main() {
         Command::Server(a) => a.common.prepare_env(),
         Command::Client(a) => a.common.prepare_env(),
         Command::Orchestrator(a) => a.common.prepare_env(),
+        #[cfg(feature = "cuda")]
+        Command::Unpack(_) => {}
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -66,6 +74,8 @@ fn main() {
         Command::Client(args) => transfer::client(args),
         Command::Orchestrator(args) => transfer::orchestrator(args),
         Command::Engine(args) => engine_bench::run(args),
+        #[cfg(feature = "cuda")]
+        Command::Unpack(args) => unpack_bench::run(args),
     };
     if let Err(e) = result {
         eprintln!("tcpx-bench: {e}");

@@ -66,12 +66,30 @@ pub struct TransferArgs {
     /// Fail a transfer that makes no progress for this long.
     #[arg(long, default_value = "30", value_parser = parse_secs)]
     pub stall_timeout: Duration,
+    /// Where the buffers live: `host` memory, or `gpu` memory (received chunks are unpacked out
+    /// of the plugin's bounce pool on the GPU; needs a build with `--features cuda`).
+    #[arg(long, env = "UCCL_TCPX_MEM", value_enum, default_value = "host")]
+    pub mem: Mem,
+    /// How received chunks are unpacked with `--mem gpu`: `kernel` (one launch per batch),
+    /// `d2d` (a copy per fragment), `host` (through host memory), `none` (consume without
+    /// copying — ablation only, refused unless `--no-verify`).
+    #[arg(long, env = "UCCL_TCPX_UNPACK_IMPL", default_value = "kernel")]
+    pub unpack: String,
     /// Never yield the progress threads' CPUs while waiting (pure spinning).
     #[arg(long, env = "UCCL_TCPX_SPIN")]
     pub spin: bool,
     /// Print one JSON object at the end instead of tables.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Where the bench's buffers live.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mem {
+    /// Host memory.
+    Host,
+    /// GPU memory (feature `cuda`).
+    Gpu,
 }
 
 /// Machine presets for `--preset`.
@@ -140,6 +158,12 @@ impl TransferArgs {
         }
         if self.plugin.is_none() {
             fill_env(SIM_ENV);
+            // tcpx-sim's CUDA mode (bounce pool, unpack metadata) only when the buffers are on
+            // the GPU; host runs stay in host mode even on a GPU machine.
+            fill_env(&[(
+                "TCPX_SIM_CUDA",
+                if self.mem == Mem::Gpu { "1" } else { "0" },
+            )]);
         }
     }
 
@@ -188,7 +212,37 @@ impl TransferArgs {
             pinning,
             stall_timeout: self.stall_timeout,
             yield_when_waiting: !self.spin,
+            #[cfg(feature = "cuda")]
+            cuda: self.cuda_config(gpu)?,
         })
+    }
+
+    /// The GPU receive path for `--mem gpu`: GPU `gpu` (modulo the GPUs present) and the
+    /// unpack implementation.
+    #[cfg(feature = "cuda")]
+    fn cuda_config(&self, gpu: u32) -> Result<Option<tcpx::engine::CudaRecvConfig>, BoxError> {
+        if self.mem != Mem::Gpu {
+            return Ok(None);
+        }
+        let imp: tcpx::cuda::UnpackImpl = self.unpack.parse().map_err(|_| {
+            format!(
+                "--unpack: expected kernel, d2d, host or none, got {:?}",
+                self.unpack
+            )
+        })?;
+        if imp == tcpx::cuda::UnpackImpl::None && !self.no_verify {
+            return Err(
+                "--unpack none copies nothing, so it needs --no-verify (ablation only)".into(),
+            );
+        }
+        let count = tcpx::cuda::Gpu::count()?;
+        if count == 0 {
+            return Err("--mem gpu: no GPU".into());
+        }
+        let gpu = tcpx::cuda::Gpu::new(gpu as usize % count)?;
+        let mut unpack = tcpx::cuda::UnpackConfig::default();
+        unpack.imp = imp;
+        Ok(Some(tcpx::engine::CudaRecvConfig { gpu, unpack }))
     }
 
     fn load_plugin(&self) -> Result<Arc<Plugin>, BoxError> {
@@ -283,28 +337,94 @@ fn verify(buf: &[u8], iter: u32) -> Result<u64, String> {
     Ok(sum.wrapping_add(tail.iter().map(|&b| u64::from(b)).sum::<u64>()))
 }
 
+/// The buffer one side sends from or receives into.
+enum Buf {
+    Host(Arc<HostBuffer>),
+    /// GPU memory; the pattern goes through a host staging copy (outside the timed region).
+    #[cfg(feature = "cuda")]
+    Gpu {
+        buf: Arc<tcpx::cuda::CudaBuffer>,
+        staging: Vec<u8>,
+    },
+}
+
+impl Buf {
+    fn region(&self) -> Arc<dyn tcpx::net::Region> {
+        match self {
+            Buf::Host(b) => b.clone(),
+            #[cfg(feature = "cuda")]
+            Buf::Gpu { buf, .. } => buf.clone(),
+        }
+    }
+
+    /// Write the pattern of `iter`; its checksum.
+    fn fill(&mut self, iter: u32) -> Result<u64, BoxError> {
+        match self {
+            Buf::Host(b) => Ok(fill(&mut b.lock()?, iter)),
+            #[cfg(feature = "cuda")]
+            Buf::Gpu { buf, staging } => {
+                let sum = fill(staging, iter);
+                buf.copy_from_host(staging, 0)?;
+                Ok(sum)
+            }
+        }
+    }
+
+    /// Overwrite with a byte no pattern word is made of, so a chunk that never lands fails.
+    fn poison(&mut self) -> Result<(), BoxError> {
+        match self {
+            Buf::Host(b) => b.lock()?.fill(0xa5),
+            #[cfg(feature = "cuda")]
+            Buf::Gpu { buf, .. } => buf.fill(0xa5)?,
+        }
+        Ok(())
+    }
+
+    /// Check the pattern of `iter`; its checksum.
+    fn verify(&mut self, iter: u32) -> Result<u64, String> {
+        match self {
+            Buf::Host(b) => verify(&b.lock().map_err(|e| e.to_string())?, iter),
+            #[cfg(feature = "cuda")]
+            Buf::Gpu { buf, staging } => {
+                buf.copy_to_host(staging, 0).map_err(|e| e.to_string())?;
+                verify(staging, iter)
+            }
+        }
+    }
+}
+
 /// One side of one GPU pair: its endpoint, connection and buffer.
 struct Side {
     gpu: u32,
     ep: Endpoint,
     conn: Connection,
-    region: Arc<HostBuffer>,
+    buffer: Buf,
     buf: BufferId,
     sending: bool,
     checksum: u64,
 }
 
 impl Side {
-    fn new(gpu: u32, ep: Endpoint, conn: Connection, size: u64) -> Result<Self, BoxError> {
+    fn new(
+        args: &TransferArgs,
+        gpu: u32,
+        ep: Endpoint,
+        conn: Connection,
+        size: u64,
+    ) -> Result<Self, BoxError> {
         let mut ep = ep;
-        let region = Arc::new(HostBuffer::new(usize::try_from(size)?)?);
-        let buf = ep.register(region.clone())?;
+        let len = usize::try_from(size)?;
+        let buffer = match args.mem {
+            Mem::Host => Buf::Host(Arc::new(HostBuffer::new(len)?)),
+            Mem::Gpu => gpu_buffer(&ep, len)?,
+        };
+        let buf = ep.register(buffer.region())?;
         let sending = conn.direction() == tcpx::endpoint::Direction::Send;
         Ok(Self {
             gpu,
             ep,
             conn,
-            region,
+            buffer,
             buf,
             sending,
             checksum: 0,
@@ -313,11 +433,9 @@ impl Side {
 
     fn before(&mut self, iter: u32, verify_data: bool) -> Result<(), BoxError> {
         if self.sending {
-            let mut bytes = self.region.lock()?;
-            self.checksum = self.checksum.wrapping_add(fill(&mut bytes, iter));
+            self.checksum = self.checksum.wrapping_add(self.buffer.fill(iter)?);
         } else if verify_data {
-            // Poison, so a chunk that never lands cannot pass as last iteration's data.
-            self.region.lock()?.fill(0xa5);
+            self.buffer.poison()?;
         }
         Ok(())
     }
@@ -328,12 +446,32 @@ impl Side {
 
     fn after(&mut self, iter: u32, verify_data: bool) -> Result<(), BoxError> {
         if !self.sending && verify_data {
-            let bytes = self.region.lock()?;
-            let sum = verify(&bytes, iter).map_err(|e| format!("GPU {}: {e}", self.gpu))?;
+            let sum = self
+                .buffer
+                .verify(iter)
+                .map_err(|e| format!("GPU {}: {e}", self.gpu))?;
             self.checksum = self.checksum.wrapping_add(sum);
         }
         Ok(())
     }
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_buffer(ep: &Endpoint, len: usize) -> Result<Buf, BoxError> {
+    let cuda = ep
+        .config()
+        .cuda
+        .as_ref()
+        .ok_or("--mem gpu needs the endpoint's GPU")?;
+    Ok(Buf::Gpu {
+        buf: Arc::new(tcpx::cuda::CudaBuffer::new(&cuda.gpu, len)?),
+        staging: vec![0; len],
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_buffer(_ep: &Endpoint, _len: usize) -> Result<Buf, BoxError> {
+    Err("--mem gpu needs a build with `--features cuda`".into())
 }
 
 /// Timing of one iteration.
@@ -536,6 +674,8 @@ fn print_report(
         "size": args.size,
         "pairs": pairs,
         "verified": !args.no_verify,
+        "mem": format!("{:?}", args.mem).to_lowercase(),
+        "unpack": if args.mem == Mem::Gpu { Some(args.unpack.clone()) } else { None },
         "summary": summary,
         "iterations": times.iter().map(|t| json!({"iter": t.iter, "ms": t.secs * 1e3})).collect::<Vec<_>>(),
         "endpoints": reports,
@@ -610,8 +750,8 @@ pub fn loopback(args: &TransferArgs) -> Result<(), BoxError> {
     let (tx, tconn) = client.join().map_err(|_| "the client thread panicked")??;
     let nic_before = nic_snapshot(&rconn);
     let mut sides = vec![
-        Side::new(0, rx, rconn, args.size)?,
-        Side::new(1, tx, tconn, args.size)?,
+        Side::new(args, 0, rx, rconn, args.size)?,
+        Side::new(args, 1, tx, tconn, args.size)?,
     ];
     args.say(format_args!(
         "running {} + {} iterations of {} bytes",
@@ -723,7 +863,7 @@ fn run_pair(
 ) -> Result<(), BoxError> {
     let args = agreed_args(args, &conn);
     let nic_before = nic_snapshot(&conn);
-    let mut sides = vec![Side::new(gpu, ep, conn, args.size)?];
+    let mut sides = vec![Side::new(&args, gpu, ep, conn, args.size)?];
     let timeout = args.timeout;
     let times = run_iterations(&args, &mut sides, |s, iter| barrier_each(s, iter, timeout))?;
     let checks = finish(&mut sides, &args)?;
@@ -829,7 +969,7 @@ pub fn orchestrator(a: &OrchestratorArgs) -> Result<(), BoxError> {
         .unwrap_or_default();
     let mut sides = sides
         .into_iter()
-        .map(|(g, ep, conn)| Side::new(g, ep, conn, args.size))
+        .map(|(g, ep, conn)| Side::new(args, g, ep, conn, args.size))
         .collect::<Result<Vec<_>, _>>()?;
     let timeout = args.timeout;
     let times = run_iterations(args, &mut sides, |s, iter| barrier_each(s, iter, timeout))?;

@@ -36,7 +36,12 @@ use std::time::{Duration, Instant};
 use tcpx_core::plan::{Chunk, Plan, PlanConfig, Planner};
 use tcpx_core::ring::{Consumer, Producer, Ring};
 use tcpx_core::stats::ChannelStats;
-use tcpx_core::window::{EntryState, TcpxWindow, WindowKind};
+use tcpx_core::window::{Entry, EntryState, TcpxWindow, WindowKind};
+
+#[cfg(feature = "cuda")]
+mod gpu;
+#[cfg(feature = "cuda")]
+pub use gpu::CudaRecvConfig;
 
 use crate::net::{
     abi::NcclResult, Call, MemHandle, PluginError, RecvComm, Region, Request, SendComm, TestResult,
@@ -140,6 +145,19 @@ pub enum TransferError {
         /// What failed.
         error: PluginError,
     },
+    /// A received chunk could not be unpacked on the GPU: its fragments failed validation
+    /// (out of the bounce pool or the chunk, overlapping, more than 2048, lengths not adding up)
+    /// or a CUDA call failed.
+    Unpack {
+        /// The connection.
+        conn: ConnId,
+        /// The channel.
+        channel: usize,
+        /// The NIC of that channel.
+        nic: usize,
+        /// What went wrong.
+        reason: String,
+    },
     /// No progress for the stall timeout; `dump` shows every window.
     Stalled {
         /// How long nothing moved.
@@ -170,6 +188,12 @@ impl fmt::Display for TransferError {
                 }
                 Ok(())
             }
+            Self::Unpack {
+                conn,
+                channel,
+                nic,
+                reason,
+            } => write!(f, "{conn}, channel {channel} (NIC {nic}): unpack: {reason}"),
             Self::Stalled { waited, dump } => {
                 write!(f, "stalled: no progress for {waited:.1?}\n{dump}")
             }
@@ -230,6 +254,10 @@ struct Staged {
 struct Posted {
     req: Request,
     transfer: u16,
+    /// Offset of the chunk in its buffer.
+    offset: u64,
+    /// The unpack slot of a receive on an unpacking comm (k-th receive → k % 16), else 0.
+    slot: u8,
 }
 
 /// A fixed FIFO (no allocation after construction).
@@ -276,6 +304,10 @@ pub(crate) struct Channel {
     staged: Fifo<Staged, STAGING>,
     mhs: Vec<Option<MemHandle>>,
     stats: ChannelStats,
+    /// A receive comm whose plugin publishes unpack metadata (TCPX, tcpx-sim CUDA mode):
+    /// received chunks are copied out of the bounce pool on the GPU.
+    #[cfg(feature = "cuda")]
+    unpack: Option<gpu::ChannelUnpack>,
 }
 
 impl Channel {
@@ -291,7 +323,34 @@ impl Channel {
             staged: Fifo::new(),
             mhs: Vec::new(),
             stats: ChannelStats::default(),
+            #[cfg(feature = "cuda")]
+            unpack: None,
         }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+impl Channel {
+    /// The slot of the receive being posted: slots matter only on the GPU receive path.
+    fn next_slot(&mut self) -> u8 {
+        0
+    }
+}
+
+/// Account one released chunk to its channel and transfer; whether that finished the transfer.
+fn released(
+    stats: &mut ChannelStats,
+    transfers: &mut [Option<Transfer>],
+    entry: &Entry<Posted>,
+) -> bool {
+    stats.record_release(u64::from(entry.bytes));
+    match transfers[usize::from(entry.request.transfer)].as_mut() {
+        Some(t) => {
+            t.released += 1;
+            t.bytes += u64::from(entry.bytes);
+            t.released == t.chunks
+        }
+        None => false,
     }
 }
 
@@ -363,7 +422,7 @@ pub struct ThreadReport {
 
 /// Setup-path requests from the endpoint to its progress thread.
 pub(crate) enum Control {
-    AddConn(ConnSetup, Sender<Result<ConnId, PluginError>>),
+    AddConn(ConnSetup, Sender<Result<ConnId, crate::endpoint::Error>>),
     Register(Arc<dyn Region>, Sender<Result<BufferId, PluginError>>),
     Stats(Sender<(Vec<ChannelReport>, ThreadReport)>),
 }
@@ -417,6 +476,9 @@ pub struct EngineConfig {
     /// Yield the CPU every few dozen loop turns in which work is in flight but nothing moved
     /// (the thread never sleeps while work is in flight either way).
     pub yield_when_waiting: bool,
+    /// The GPU receive path: unpack received chunks out of the bounce pool on this GPU.
+    #[cfg(feature = "cuda")]
+    pub cuda: Option<CudaRecvConfig>,
 }
 
 impl Default for EngineConfig {
@@ -426,6 +488,8 @@ impl Default for EngineConfig {
             cpus: None,
             name: "tcpx-progress".into(),
             yield_when_waiting: true,
+            #[cfg(feature = "cuda")]
+            cuda: None,
         }
     }
 }
@@ -440,6 +504,11 @@ pub(crate) struct Engine {
     config: EngineConfig,
     thread: ThreadReport,
     last_progress: Instant,
+    #[cfg(feature = "cuda")]
+    gpu: Option<gpu::GpuRecv>,
+    /// Why the GPU receive path could not start (reported to every connection added).
+    #[cfg(feature = "cuda")]
+    gpu_error: Option<String>,
 }
 
 impl Engine {
@@ -460,12 +529,23 @@ impl Engine {
             config,
             thread: ThreadReport::default(),
             last_progress: Instant::now(),
+            #[cfg(feature = "cuda")]
+            gpu: None,
+            #[cfg(feature = "cuda")]
+            gpu_error: None,
         }
     }
 
     /// The progress loop; returns when the endpoint shuts down.
     pub(crate) fn run(mut self) {
         self.pin();
+        #[cfg(feature = "cuda")]
+        if let Some(c) = self.config.cuda.clone() {
+            match gpu::GpuRecv::new(&c) {
+                Ok(g) => self.gpu = Some(g),
+                Err(e) => self.gpu_error = Some(e.to_string()),
+            }
+        }
         let mut idle_turns: u32 = 0;
         loop {
             self.thread.loops += 1;
@@ -549,8 +629,17 @@ impl Engine {
         }
     }
 
-    fn add_conn(&mut self, setup: ConnSetup) -> Result<ConnId, PluginError> {
+    fn add_conn(&mut self, setup: ConnSetup) -> Result<ConnId, crate::endpoint::Error> {
         let mut channels: Vec<Channel> = setup.comms.into_iter().map(Channel::new).collect();
+        #[cfg(feature = "cuda")]
+        if let Some(c) = &self.config.cuda {
+            if let Some(e) = &self.gpu_error {
+                return Err(crate::endpoint::Error::Gpu(e.clone()));
+            }
+            for ch in &mut channels {
+                ch.open_unpack(&c.gpu)?;
+            }
+        }
         for ch in &mut channels {
             for region in &self.regions {
                 ch.mhs.push(Some(ch.comm.register(region.clone())?));
@@ -599,10 +688,61 @@ impl Engine {
                 }
             }
         }
+        #[cfg(feature = "cuda")]
+        {
+            progressed |= self.launch_pending();
+        }
         if progressed {
             self.last_progress = Instant::now();
         }
         progressed
+    }
+
+    /// Launch the unpack batch this turn's receives pushed (one launch for every comm of this
+    /// GPU) and hand its event to each pushed entry (the `Done` entries of unpacking windows).
+    #[cfg(feature = "cuda")]
+    fn launch_pending(&mut self) -> bool {
+        let Some(g) = self.gpu.as_mut() else {
+            return false;
+        };
+        if g.unpacker.pending_chunks() == 0 {
+            return false;
+        }
+        match g.unpacker.launch() {
+            Ok(Some(event)) => {
+                for conn in &mut self.conns {
+                    for ch in conn.channels.iter_mut().filter(|ch| ch.unpack.is_some()) {
+                        while ch.window.done() > 0 {
+                            let _ = ch.window.start_unpack(event);
+                        }
+                    }
+                }
+                true
+            }
+            Ok(None) => false,
+            // Every event is held by unpacks still running: launch next turn.
+            Err(crate::cuda::UnpackError::NoFreeEvent { .. }) => false,
+            Err(e) => {
+                let reason = e.to_string();
+                for c in 0..self.conns.len() {
+                    let unpacking = self.conns[c]
+                        .channels
+                        .iter()
+                        .position(|ch| ch.unpack.is_some());
+                    if let (Some(channel), true) = (unpacking, self.conns[c].in_flight()) {
+                        let nic = self.conns[c].channels[channel].nic;
+                        let err = TransferError::Unpack {
+                            conn: ConnId(c as u16),
+                            channel,
+                            nic,
+                            reason: reason.clone(),
+                        };
+                        self.fail_conn(c, err);
+                    }
+                }
+                true
+            }
+        }
     }
 
     fn take_submissions(&mut self) -> bool {
@@ -647,10 +787,11 @@ impl Engine {
         let mut progressed = stage(conn);
         let mut any_finished = false;
         for (i, ch) in conn.channels.iter_mut().enumerate() {
+            let nic = ch.nic;
             let fail = |error| TransferError::Plugin {
                 conn: ConnId(c as u16),
                 channel: i,
-                nic: ch.nic,
+                nic,
                 error,
             };
             // Post while the window has room.
@@ -669,6 +810,8 @@ impl Engine {
                 let posted = Posted {
                     req,
                     transfer: s.transfer,
+                    offset: s.offset,
+                    slot: ch.next_slot(),
                 };
                 // Cannot fail: the window is not full.
                 let _ = ch.window.post(posted, s.chunk, s.len);
@@ -677,6 +820,23 @@ impl Engine {
                 progressed = true;
             }
             ch.stats.observe_window_depth(ch.window.len());
+            #[cfg(feature = "cuda")]
+            if ch.unpack.is_some() {
+                let Some(gpu) = self.gpu.as_mut() else {
+                    return Err(TransferError::Shutdown);
+                };
+                let (p, f) = gpu::progress_channel(
+                    ch,
+                    &mut conn.transfers,
+                    &self.regions,
+                    gpu,
+                    ConnId(c as u16),
+                    i,
+                )?;
+                progressed |= p;
+                any_finished |= f;
+                continue;
+            }
             // Test the head, again while it reports done.
             while let Some(entry) = ch.window.next_to_test() {
                 ch.stats.record_test();
@@ -690,13 +850,8 @@ impl Engine {
                     rc.irecv_consumed(entry.request.req).map_err(fail)?;
                 }
                 let _ = ch.window.release_oldest();
-                ch.stats.record_release(u64::from(entry.bytes));
                 progressed = true;
-                if let Some(t) = conn.transfers[usize::from(entry.request.transfer)].as_mut() {
-                    t.released += 1;
-                    t.bytes += u64::from(entry.bytes);
-                    any_finished |= t.released == t.chunks;
-                }
+                any_finished |= released(&mut ch.stats, &mut conn.transfers, &entry);
             }
         }
         if any_finished {
