@@ -17,9 +17,8 @@
 mod common;
 
 use core::ffi::{c_int, c_void};
-use std::fmt::Debug;
 use std::ptr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tcpx::net::abi::{
@@ -137,63 +136,15 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 // WARN capture: the loader forwards plugin log lines to `tracing` (target "tcpx::plugin").
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<(tracing::Level, String)>>>);
-
-struct Message<'a>(&'a mut String);
-
-impl tracing::field::Visit for Message<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn Debug) {
-        if field.name() == "message" {
-            *self.0 = format!("{value:?}");
-        }
-    }
-}
-
-impl tracing::Subscriber for Capture {
-    fn register_callsite(
-        &self,
-        _: &'static tracing::Metadata<'static>,
-    ) -> tracing::subscriber::Interest {
-        tracing::subscriber::Interest::sometimes()
-    }
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        if event.metadata().target() != "tcpx::plugin" {
-            return;
-        }
-        let mut msg = String::new();
-        event.record(&mut Message(&mut msg));
-        if let Ok(mut v) = self.0.lock() {
-            v.push((*event.metadata().level(), msg));
-        }
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 /// Runs `f` with the plugin's log lines captured (this thread only); returns the WARN lines.
 fn warns<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
-    let cap = Capture::default();
-    let out = tracing::subscriber::with_default(cap.clone(), f);
-    let lines = cap
-        .0
-        .lock()
-        .map(|v| {
-            v.iter()
-                .filter(|(l, _)| *l == tracing::Level::WARN)
-                .map(|(_, m)| m.clone())
-                .collect()
-        })
-        .unwrap_or_default();
-    (out, lines)
+    let (out, lines) = common::plugin_log(f);
+    let warns = lines
+        .into_iter()
+        .filter(|(l, _)| *l == tracing::Level::WARN)
+        .map(|(_, m)| m)
+        .collect();
+    (out, warns)
 }
 
 /// Asserts `rc` and a WARN that contains every `needles` entry and names `rc`.

@@ -12,10 +12,8 @@
 
 mod common;
 
-use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 
 use tcpx::net::abi::NcclResult;
 use tcpx::net::{Plugin, PluginError};
@@ -172,8 +170,7 @@ fn null_required_slots_are_named() {
 #[test]
 fn a_failing_init_names_the_plugin_and_the_rc_and_its_log_reaches_tracing() {
     let path = fixture("INIT_FAILS");
-    let capture = Capture::default();
-    let result = tracing::subscriber::with_default(capture.clone(), || Plugin::load(&path));
+    let (result, events) = common::plugin_log(|| Plugin::load(&path));
     let e = result.expect_err("init fails");
     assert_eq!(
         e,
@@ -188,12 +185,10 @@ fn a_failing_init_names_the_plugin_and_the_rc_and_its_log_reaches_tracing() {
     let _ = std::fs::remove_file(&path);
 
     // The fixture's init called the logger C-variadically: "fixture init refusing: %s %d".
-    let events = capture.0.lock().expect("capture lock").clone();
     assert!(
         events
             .iter()
-            .any(|(target, level, msg)| target == "tcpx::plugin"
-                && *level == tracing::Level::WARN
+            .any(|(level, msg)| *level == tracing::Level::WARN
                 && msg == "fixture init refusing: rc 3"),
         "{events:?}"
     );
@@ -209,46 +204,4 @@ fn sim_plugin_path_finds_a_shared_library() {
         "{} is not ELF",
         path.display()
     );
-}
-
-/// Records `(target, level, message)` of every event.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<(String, tracing::Level, String)>>>);
-
-struct Message<'a>(&'a mut String);
-
-impl tracing::field::Visit for Message<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn Debug) {
-        if field.name() == "message" {
-            *self.0 = format!("{value:?}");
-        }
-    }
-}
-
-impl tracing::Subscriber for Capture {
-    fn register_callsite(
-        &self,
-        _: &'static tracing::Metadata<'static>,
-    ) -> tracing::subscriber::Interest {
-        tracing::subscriber::Interest::sometimes()
-    }
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut msg = String::new();
-        event.record(&mut Message(&mut msg));
-        let meta = event.metadata();
-        self.0
-            .lock()
-            .expect("capture lock")
-            .push((meta.target().to_owned(), *meta.level(), msg));
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
 }

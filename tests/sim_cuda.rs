@@ -21,7 +21,6 @@
 mod common;
 
 use core::ffi::c_void;
-use std::fmt::Debug;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -301,54 +300,9 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<(tracing::Level, String)>>>);
-
-struct Message<'a>(&'a mut String);
-
-impl tracing::field::Visit for Message<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn Debug) {
-        if field.name() == "message" {
-            *self.0 = format!("{value:?}");
-        }
-    }
-}
-
-impl tracing::Subscriber for Capture {
-    fn register_callsite(
-        &self,
-        _: &'static tracing::Metadata<'static>,
-    ) -> tracing::subscriber::Interest {
-        tracing::subscriber::Interest::sometimes()
-    }
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        if event.metadata().target() != "tcpx::plugin" {
-            return;
-        }
-        let mut msg = String::new();
-        event.record(&mut Message(&mut msg));
-        if let Ok(mut v) = self.0.lock() {
-            v.push((*event.metadata().level(), msg));
-        }
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 /// Runs `f` with the plugin's log lines on this thread captured; returns all of them.
 fn logged<T>(f: impl FnOnce() -> T) -> (T, Vec<(tracing::Level, String)>) {
-    let cap = Capture::default();
-    let out = tracing::subscriber::with_default(cap.clone(), f);
-    let lines = cap.0.lock().map(|v| v.clone()).unwrap_or_default();
-    (out, lines)
+    common::plugin_log(f)
 }
 
 fn has_warn(lines: &[(tracing::Level, String)], needles: &[&str]) -> bool {

@@ -31,3 +31,65 @@ pub fn sim_plugin_path() -> PathBuf {
         )
     })
 }
+
+/// Runs `f` with every `tracing` event of this thread captured, and returns the plugin's log
+/// lines (the loader forwards them to target `tcpx::plugin`) as (level, message).
+pub fn plugin_log<T>(f: impl FnOnce() -> T) -> (T, Vec<(tracing::Level, String)>) {
+    let capture = Capture::default();
+    let out = tracing::subscriber::with_default(capture.clone(), f);
+    let lines = capture
+        .0
+        .lock()
+        .map(|v| {
+            v.iter()
+                .filter(|(target, _, _)| target == "tcpx::plugin")
+                .map(|(_, level, msg)| (*level, msg.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    (out, lines)
+}
+
+/// A `tracing` subscriber that keeps (target, level, message) of every event.
+#[derive(Clone, Default)]
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<(String, tracing::Level, String)>>>);
+
+struct Message<'a>(&'a mut String);
+
+impl tracing::field::Visit for Message<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            *self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn register_callsite(
+        &self,
+        _: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        tracing::subscriber::Interest::sometimes()
+    }
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut msg = String::new();
+        event.record(&mut Message(&mut msg));
+        if let Ok(mut v) = self.0.lock() {
+            v.push((
+                event.metadata().target().to_owned(),
+                *event.metadata().level(),
+                msg,
+            ));
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
