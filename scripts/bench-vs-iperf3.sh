@@ -6,7 +6,9 @@
 # Prints both and their ratio, then one JSON line.
 #
 # usage: scripts/bench-vs-iperf3.sh [-n N] [-t SECONDS] [--bench PATH] [--iperf3-root DIR]
-#                                   [-- extra tcpx-bench loopback arguments]
+#                                   [-- tcpx-bench loopback arguments]
+#   after --            replaces the default `--size 256MiB --iters 20` (e.g. `--depth 4
+#                       --size 16MiB --iters 400`: iterations in flight, like iperf3's stream)
 #   --bench PATH        tcpx-bench binary (default: target/release/tcpx-bench, built if missing)
 #   --iperf3-root DIR   a folder where iperf3's .deb files were unpacked with `dpkg -x`
 #                       (machines without network; see scripts/install-iperf3.sh --download)
@@ -56,7 +58,9 @@ PY
 echo "iperf3: $iperf_gbps GB/s" >&2
 
 echo "== tcpx-bench loopback, $N channels" >&2
-"$BENCH" loopback --channels "$N" --size 256MiB --iters 20 --json "$@" >"$tmp/tcpx.json"
+if [[ $# -eq 0 ]]; then set -- --size 256MiB --iters 20; fi
+echo "   tcpx-bench loopback --channels $N $*" >&2
+"$BENCH" loopback --channels "$N" --json "$@" >"$tmp/tcpx.json"
 tcpx_gbps=$(python3 -c 'import json,sys; print("%.3f" % json.load(open(sys.argv[1]))["summary"]["avg_gbps"])' "$tmp/tcpx.json")
 verified=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["verified"])' "$tmp/tcpx.json")
 ratio=$(python3 -c "print(f'{$tcpx_gbps / $iperf_gbps:.3f}')")

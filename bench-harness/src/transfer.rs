@@ -75,6 +75,11 @@ pub struct TransferArgs {
     /// copying — ablation only, refused unless `--no-verify`).
     #[arg(long, env = "UCCL_TCPX_UNPACK_IMPL", default_value = "kernel")]
     pub unpack: String,
+    /// `loopback` only: keep this many iterations in flight, each in its own buffer; finished
+    /// iterations are verified and refilled while the others move (like iperf3, which never
+    /// waits between writes). Throughput is then total bytes over total time.
+    #[arg(long, default_value_t = 1)]
+    pub depth: u32,
     /// Never yield the progress threads' CPUs while waiting (pure spinning).
     #[arg(long, env = "UCCL_TCPX_SPIN")]
     pub spin: bool,
@@ -398,8 +403,8 @@ struct Side {
     gpu: u32,
     ep: Endpoint,
     conn: Connection,
-    buffer: Buf,
-    buf: BufferId,
+    /// One buffer per iteration in flight (`--depth`); iteration i uses `buffers[i % depth]`.
+    buffers: Vec<(Buf, BufferId)>,
     sending: bool,
     checksum: u64,
 }
@@ -414,42 +419,54 @@ impl Side {
     ) -> Result<Self, BoxError> {
         let mut ep = ep;
         let len = usize::try_from(size)?;
-        let buffer = match args.mem {
-            Mem::Host => Buf::Host(Arc::new(HostBuffer::new(len)?)),
-            Mem::Gpu => gpu_buffer(&ep, len)?,
-        };
-        let buf = ep.register(buffer.region())?;
+        let mut buffers = Vec::new();
+        for _ in 0..args.depth.max(1) {
+            let buffer = match args.mem {
+                Mem::Host => Buf::Host(Arc::new(HostBuffer::new(len)?)),
+                Mem::Gpu => gpu_buffer(&ep, len)?,
+            };
+            let id = ep.register(buffer.region())?;
+            buffers.push((buffer, id));
+        }
         let sending = conn.direction() == tcpx::endpoint::Direction::Send;
         Ok(Self {
             gpu,
             ep,
             conn,
-            buffer,
-            buf,
+            buffers,
             sending,
             checksum: 0,
         })
     }
 
+    fn slot(&mut self, iter: u32) -> &mut (Buf, BufferId) {
+        let n = self.buffers.len();
+        &mut self.buffers[iter as usize % n]
+    }
+
     fn before(&mut self, iter: u32, verify_data: bool) -> Result<(), BoxError> {
         if self.sending {
-            self.checksum = self.checksum.wrapping_add(self.buffer.fill(iter)?);
+            let sum = self.slot(iter).0.fill(iter)?;
+            self.checksum = self.checksum.wrapping_add(sum);
         } else if verify_data {
-            self.buffer.poison()?;
+            self.slot(iter).0.poison()?;
         }
         Ok(())
     }
 
-    fn post(&mut self, size: u64) -> Result<TransferId, BoxError> {
-        Ok(self.ep.post(self.conn.id(), self.buf, 0, size)?)
+    fn post(&mut self, iter: u32, size: u64) -> Result<TransferId, BoxError> {
+        let buf = self.slot(iter).1;
+        Ok(self.ep.post(self.conn.id(), buf, 0, size)?)
     }
 
     fn after(&mut self, iter: u32, verify_data: bool) -> Result<(), BoxError> {
         if !self.sending && verify_data {
+            let gpu = self.gpu;
             let sum = self
-                .buffer
+                .slot(iter)
+                .0
                 .verify(iter)
-                .map_err(|e| format!("GPU {}: {e}", self.gpu))?;
+                .map_err(|e| format!("GPU {gpu}: {e}"))?;
             self.checksum = self.checksum.wrapping_add(sum);
         }
         Ok(())
@@ -601,7 +618,7 @@ fn run_iterations(
         let t = Instant::now();
         let mut ids = Vec::with_capacity(sides.len());
         for s in sides.iter_mut() {
-            ids.push(s.post(args.size)?);
+            ids.push(s.post(iter, args.size)?);
         }
         for (s, id) in sides.iter_mut().zip(ids) {
             s.ep.wait(id, deadline)
@@ -631,6 +648,58 @@ fn run_iterations(
             }
             times.push(it);
         }
+    }
+    Ok(times)
+}
+
+/// `--depth D`: D iterations in flight on every side at once, iteration i in buffer i % D.
+/// When iteration i completes on every side it is verified (receivers), its buffer refilled
+/// with iteration i + D's pattern (senders) and i + D is posted, while i + 1 .. i + D − 1 move.
+/// Returns one time per iteration: the interval between successive completions, so the sum is
+/// the wall time from the first post to the last completion.
+fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Vec<IterTime>, BoxError> {
+    let verify_data = !args.no_verify;
+    let depth = args.depth.max(1);
+    let total = args.warmup + args.iters;
+    let mut ids: Vec<Vec<TransferId>> = vec![Vec::new(); sides.len()];
+    let post =
+        |sides: &mut [Side], ids: &mut [Vec<TransferId>], iter: u32| -> Result<(), BoxError> {
+            for (s, q) in sides.iter_mut().zip(ids.iter_mut()) {
+                s.before(iter, verify_data)?;
+                q.push(s.post(iter, args.size)?);
+            }
+            Ok(())
+        };
+    for iter in 0..depth.min(total) {
+        post(sides, &mut ids, iter)?;
+    }
+    let mut times = Vec::new();
+    let mut last = Instant::now();
+    for iter in 0..total {
+        let deadline = Instant::now() + args.timeout;
+        for (s, q) in sides.iter_mut().zip(ids.iter()) {
+            s.ep.wait(q[iter as usize], deadline)
+                .map_err(|e| format!("GPU {} iteration {iter}: {e}", s.gpu))?;
+        }
+        for s in sides.iter_mut() {
+            s.after(iter, verify_data)?;
+        }
+        if iter + depth < total {
+            post(sides, &mut ids, iter + depth)?;
+        }
+        let now = Instant::now();
+        if iter >= args.warmup {
+            times.push(IterTime {
+                iter: iter - args.warmup,
+                secs: (now - last).as_secs_f64(),
+            });
+        }
+        last = now;
+    }
+    if !args.json {
+        println!(
+            "{total} iterations, {depth} in flight (per-iteration times are completion intervals)"
+        );
     }
     Ok(times)
 }
@@ -757,7 +826,11 @@ pub fn loopback(args: &TransferArgs) -> Result<(), BoxError> {
         "running {} + {} iterations of {} bytes",
         args.warmup, args.iters, args.size
     ));
-    let times = run_iterations(args, &mut sides, |_, _| Ok(()))?;
+    let times = if args.depth > 1 {
+        run_pipelined(args, &mut sides)?
+    } else {
+        run_iterations(args, &mut sides, |_, _| Ok(()))?
+    };
     // Both sides in this process: compare the checksums directly.
     if !args.no_verify && sides[0].checksum != sides[1].checksum {
         return Err(format!(
