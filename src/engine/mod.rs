@@ -11,16 +11,21 @@
 //!    channel (a fixed queue per channel, so one slow channel does not block the others);
 //! 3. post staged chunks while the channel's window ([`tcpx_core::window`]) has room;
 //! 4. `test` the head of every window, again and again while it reports done; release sends,
-//!    `irecvConsumed` host receives in FIFO order;
+//!    `irecvConsumed` host receives in FIFO order; on a comm whose plugin publishes unpack
+//!    metadata, unpack GPU receives first (`gpu.rs`, feature `cuda`: validate the fragments,
+//!    one kernel launch per turn for every comm, consume when its event completes);
 //! 5. when every chunk of a transfer is released, push a [`Completion`] into the completion ring.
 //!
 //! Invariants:
 //! * The loop never sleeps while any transfer is in flight; it parks only when idle, and the
-//!   user thread unparks it after each submission.
-//! * After setup nothing on this path allocates, locks or makes a syscall of its own beyond the
-//!   plugin calls (a counting-allocator test holds it to the first). Completions cannot
-//!   overflow: the [`Endpoint`](crate::endpoint::Endpoint) admits at most
-//!   [`MAX_IN_FLIGHT`] transfers.
+//!   user thread unparks it after each submission. While waiting on the network it yields its
+//!   CPU every few dozen empty turns (`EngineConfig::yield_when_waiting`).
+//! * After setup nothing on this path allocates or makes a syscall of its own beyond the plugin
+//!   calls (a counting-allocator test holds it to the first). The one lock is taken when a
+//!   completion is pushed while a user thread is parked in `Endpoint::wait` (to unpark it):
+//!   once per transfer, never per chunk. Completions cannot overflow: the
+//!   [`Endpoint`](crate::endpoint::Endpoint) admits at most [`MAX_IN_FLIGHT`] transfers.
+//! * Dropping the endpoint fails what is still in flight with [`TransferError::Shutdown`].
 //! * A transfer with in-flight chunks that sees no progress (no post, no completed request) for
 //!   the stall timeout fails with [`TransferError::Stalled`], carrying a dump of every window.
 //! * Any plugin error on a channel fails its connection: every transfer of that connection
@@ -561,6 +566,9 @@ impl Engine {
             idle_turns = idle_turns.wrapping_add(1);
             if busy {
                 if idle_turns % CLOCK_EVERY == 0 {
+                    if self.shared.shutdown.load(Ordering::Acquire) {
+                        break; // the endpoint is going away: fail what is in flight now
+                    }
                     self.check_stall();
                     if self.config.yield_when_waiting {
                         // Waiting on the network: let the plugin's socket threads have this
@@ -582,7 +590,7 @@ impl Engine {
                 std::hint::spin_loop();
             }
         }
-        self.fail_all(|_| TransferError::Shutdown);
+        self.fail_all(TransferError::Shutdown);
     }
 
     fn pin(&mut self) {
@@ -955,10 +963,10 @@ impl Engine {
         }
     }
 
-    fn fail_all(&mut self, err: impl Fn(usize) -> TransferError) {
+    fn fail_all(&mut self, err: TransferError) {
         for c in 0..self.conns.len() {
             if self.conns[c].in_flight() {
-                self.fail_conn(c, err(c));
+                self.fail_conn(c, err.clone());
             }
         }
     }
