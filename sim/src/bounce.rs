@@ -53,6 +53,7 @@ use tcpx::net::abi::{NetUnpackMeta, UnpackNetDeviceHandle, NET_PAGE_SIZE, UNPACK
 
 use crate::config::{Config, CudaMode};
 use crate::error::SimError;
+use crate::helper::PhaseCell;
 use crate::log::Logger;
 
 /// TCPX's CUDA registration rules, checked before any backend sees the buffer: `NCCL_USE_DMA_BUF`
@@ -131,19 +132,42 @@ pub struct StagedChunk {
     pub len: u32,
 }
 
-/// A helper thread's device I/O: blocking socket I/O through host staging.
-pub trait Stager {
-    /// Copies `src` device→host and sends it on `sock` (data socket `index`).
-    fn send(&mut self, sock: &TcpStream, index: usize, src: DeviceRange) -> Result<(), SimError>;
-    /// Receives `chunk.len` bytes from `sock` (data socket `index`) and scatters them into the
-    /// bounce pool; returns once the bytes are in device memory.
-    fn recv(&mut self, sock: &TcpStream, index: usize, chunk: StagedChunk) -> Result<(), SimError>;
+/// A helper thread's device I/O: blocking socket I/O through host staging (or, with a host
+/// bounce pool, straight into the pool's pages).
+///
+/// Made on the thread that sets the comm up and moved into its helper thread, so it must own
+/// everything it allocates (`Send`) and allocate nothing later.
+pub trait Stager: Send {
+    /// Called once on the helper thread before its first task: makes the stager's CUDA context
+    /// current there. Must not allocate or wait for the GPU.
+    fn bind(&mut self) -> Result<(), SimError> {
+        Ok(())
+    }
+    /// Copies `src` device→host and sends it on `sock` (data socket `index`), keeping `phase`
+    /// up to date (CUDA waits, socket I/O).
+    fn send(
+        &mut self,
+        sock: &TcpStream,
+        index: usize,
+        src: DeviceRange,
+        phase: &PhaseCell,
+    ) -> Result<(), SimError>;
+    /// Receives `chunk.len` bytes from `sock` (data socket `index`) into the bounce pool along the
+    /// chunk's fragments; returns once the bytes are in the pool. Keeps `phase` up to date.
+    fn recv(
+        &mut self,
+        sock: &TcpStream,
+        index: usize,
+        chunk: StagedChunk,
+        phase: &PhaseCell,
+    ) -> Result<(), SimError>;
 }
 
 /// Makes [`Stager`]s for a comm's helper threads (CUDA mode only).
 pub trait DeviceIo: Send + Sync {
-    /// A stager for the calling helper thread; called once per thread when it starts (while the
-    /// comm is being set up), so all staging is allocated once per comm and never per chunk.
+    /// A stager for one helper thread; called by [`crate::helper::Helpers::spawn`] on the thread
+    /// that sets the comm up (`connect`/`accept`), once per helper, so all staging is allocated
+    /// before NCCL can launch a kernel on the comm and never per chunk.
     fn stager(&self) -> Result<Box<dyn Stager>, SimError>;
 }
 

@@ -31,6 +31,12 @@
 //! `test` publishes `cnt[slot]` = the receive's fragment count; `irecvConsumed` poisons and frees
 //! its pages.
 //!
+//! **Stalls.** A request that `test` keeps finding pending for [`STALL_WARN_AFTER`] gets one WARN
+//! (through [`SendComm::take_warning`] / [`RecvComm::take_warning`]) that says where its bytes
+//! are: announced or not, handed to helpers or not, landed or not, what each helper thread is
+//! doing and for how long ([`crate::helper::Helpers::describe`]) — and, when a helper sits in a
+//! CUDA call, that the GPU is not running the sim's work (see `TCPX_SIM_BOUNCE_MEM`).
+//!
 //! Errors: a helper's socket error or a closed peer (a control stream that ends while a posted
 //! receive still needs control messages, a data socket that ends mid-chunk) fail `test` with
 //! `ncclSystemError` (2) like TCPX; any failure is sticky — later calls on the comm return it again
@@ -67,6 +73,10 @@ use crate::wire::{Ctrl, CtrlKind, CTRL_LEN};
 pub const MAX_TASKS: usize = 6;
 /// How long a CUDA receive may wait for bounce pages before the comm WARNs (once).
 pub const STARVED_WARN_AFTER: Duration = Duration::from_secs(10);
+/// How long `test` may find the same request pending before the comm WARNs (once per request).
+pub const STALL_WARN_AFTER: Duration = Duration::from_secs(10);
+/// A helper this long in one CUDA call is called out in the stall WARN.
+const CUDA_WAIT_NOTE: Duration = Duration::from_secs(1);
 /// Control messages buffered per comm before the socket must drain.
 const CTRL_FIFO_MSGS: usize = 64;
 
@@ -312,6 +322,53 @@ fn starved_warning(k: u64, waited: Duration, chunk: u32, unconsumed: u64) -> Str
     )
 }
 
+/// The oldest pending request as `test` keeps seeing it: which one, since when, WARNed yet.
+#[derive(Debug)]
+struct StallWatch {
+    after: Duration,
+    current: Option<(u64, Instant, bool)>,
+}
+
+impl StallWatch {
+    fn new() -> StallWatch {
+        StallWatch {
+            after: STALL_WARN_AFTER,
+            current: None,
+        }
+    }
+
+    /// `test` found request `k` pending: how long it has been pending, when that is past the
+    /// threshold for the first time.
+    fn pending(&mut self, k: u64) -> Option<Duration> {
+        let now = Instant::now();
+        let (_, since, warned) = match &mut self.current {
+            Some(c) if c.0 == k => c,
+            c => c.insert((k, now, false)),
+        };
+        let waited = now.duration_since(*since);
+        if *warned || waited < self.after {
+            return None;
+        }
+        *warned = true;
+        Some(waited)
+    }
+}
+
+/// The sentence of a stall WARN about a helper in one CUDA call for at least `min`, if one is.
+fn cuda_wait_note(helpers: &Helpers, min: Duration) -> String {
+    match helpers.cuda_wait() {
+        Some((t, p, d)) if d >= min => format!(
+            " Helper {t} has been {} for {d:.1?}: the GPU is not running work the sim queued. \
+             Under NCCL the GPU need not run it while NCCL's kernel spins waiting for this very \
+             request (TCPX issues no GPU work here: the NIC DMAs); run with \
+             TCPX_SIM_BOUNCE_MEM=host (receives without GPU work) and NCCL_NET_GDR_READ=0 (sends \
+             from host memory).",
+            p.describe()
+        ),
+        _ => String::new(),
+    }
+}
+
 fn check_broken(broken: &Option<SimError>) -> Result<(), SimError> {
     match broken {
         Some(e) => Err(SimError::Broken { rc: e.rc() }),
@@ -345,6 +402,9 @@ pub struct SendComm {
     ctrl_pushed: u64,
     ctrl_written: u64,
     broken: Option<SimError>,
+    stall: StallWatch,
+    warning: Option<String>,
+    last_done: Option<(usize, u32)>,
 }
 
 impl SendComm {
@@ -373,6 +433,9 @@ impl SendComm {
             ctrl_pushed: 0,
             ctrl_written: 0,
             broken: None,
+            stall: StallWatch::new(),
+            warning: None,
+            last_done: None,
         })
     }
 
@@ -418,10 +481,70 @@ impl SendComm {
             .get(k)
             .is_some_and(|r| r.announced && r.completed == r.size && flushed >= r.ctrl_end);
         if done {
+            self.last_done = self.reqs.get(k).map(|r| (slot, r.size));
             self.reqs.mark_done();
             self.reqs.free_head();
+        } else if let Some(waited) = self.stall.pending(k) {
+            self.warning = Some(self.stall_warning(k, waited));
         }
         Ok(done)
+    }
+
+    /// The WARN of a send that `test` has found pending for `waited`.
+    fn stall_warning(&self, k: u64, waited: Duration) -> String {
+        let flushed = self.ctrl_written / CTRL_LEN as u64;
+        let req = match self.reqs.get(k) {
+            Some(r) => format!(
+                "{} B from {}; {} B cut into chunks for the helpers, {} B written to the data \
+                 sockets; its control messages: {} of the first {} flushed ({} B wait for the \
+                 control socket)",
+                r.size,
+                match r.range {
+                    Target::Host(_) => "host memory",
+                    Target::Device(_) => "CUDA memory",
+                },
+                r.dispatched,
+                r.completed,
+                flushed.min(r.ctrl_end),
+                r.ctrl_end,
+                self.out.len(),
+            ),
+            None => "no request state".to_owned(),
+        };
+        let hint = if self.out.len() > 0 {
+            " The control socket is full: the receiver is not reading it (is it calling test?)."
+        } else {
+            ""
+        };
+        format!(
+            "send {k} (slot {}) still pending after {waited:.1?} of test calls: {req}. Comm: {} \
+             requests outstanding. Helpers: {}.{hint}{}",
+            slot_of(k),
+            self.reqs.live(),
+            self.helpers.describe(),
+            cuda_wait_note(&self.helpers, self.stall.after.min(CUDA_WAIT_NOTE)),
+        )
+    }
+
+    /// A WARN the comm wants printed (once per condition): a send pending for
+    /// [`STALL_WARN_AFTER`].
+    pub fn take_warning(&mut self) -> Option<String> {
+        self.warning.take()
+    }
+
+    /// Slot and size of the last send `test` reported done.
+    pub fn last_done(&self) -> Option<(usize, u32)> {
+        self.last_done
+    }
+
+    /// What registration `mhandle` covers, if it is one of this comm's.
+    pub fn memory_of(&self, mhandle: usize) -> Option<Memory> {
+        self.regs.find(mhandle).ok()
+    }
+
+    /// Sets the stall WARN threshold (tests use zero to assert the WARN without waiting).
+    pub fn set_stall_warn_after(&mut self, after: Duration) {
+        self.stall.after = after;
     }
 
     /// Requests posted and not yet done.
@@ -570,6 +693,8 @@ pub struct RecvComm {
     /// Since when the oldest unplaced chunk waits for bounce pages, and whether that was WARNed.
     starved: Option<(Instant, bool)>,
     warning: Option<String>,
+    stall: StallWatch,
+    last_done: Option<(usize, u32, usize)>,
 }
 
 impl std::fmt::Debug for RecvComm {
@@ -605,6 +730,8 @@ impl RecvComm {
             broken: None,
             starved: None,
             warning: None,
+            stall: StallWatch::new(),
+            last_done: None,
         })
     }
 
@@ -658,17 +785,82 @@ impl RecvComm {
             .reqs
             .get(k)
             .filter(|r| r.fully_announced && r.total == Some(r.completed))
-            .map(|r| r.frags);
-        if let Some(frags) = done {
+            .map(|r| (r.frags, r.completed));
+        if let Some((frags, bytes)) = done {
             if let Some(q) = &mut self.queue {
                 if let Err(e) = q.publish(slot, frags) {
                     self.broken = Some(e.clone());
                     return Err(e);
                 }
             }
+            self.last_done = Some((slot, bytes, frags));
             self.reqs.mark_done();
+        } else if let Some(waited) = self.stall.pending(k) {
+            let w = self.stall_warning(k, waited);
+            self.warning = Some(match self.warning.take() {
+                Some(prev) => format!("{prev} | {w}"),
+                None => w,
+            });
         }
         Ok(done.is_some())
+    }
+
+    /// The WARN of a receive that `test` has found pending for `waited`.
+    fn stall_warning(&self, k: u64, waited: Duration) -> String {
+        let unconsumed = self.reqs.done_cursor() - self.reqs.head();
+        let (req, hint) = match self.reqs.get(k) {
+            Some(r) => {
+                let into = match r.range {
+                    Target::Host(_) => "host memory",
+                    Target::Device(_) => "CUDA memory (lands in the bounce pool)",
+                };
+                let msg = match r.total {
+                    None => "no control message for it has arrived yet".to_owned(),
+                    Some(t) => format!(
+                        "the sender announced {t} B; {} B handed to helpers, {} B landed",
+                        r.announced, r.completed
+                    ),
+                };
+                let hint = match r.total {
+                    None if self.ctrl_eof => " The control stream ended.",
+                    None => {
+                        " The sender has not isend-ed it, or is not calling test (its control \
+                         messages go out only inside test)."
+                    }
+                    Some(t) if r.announced < t && self.starved.is_some() => {
+                        " Chunks wait for bounce pages: earlier receives were not consumed."
+                    }
+                    Some(_) => "",
+                };
+                (format!("up to {} B into {into}; {msg}", r.posted), hint)
+            }
+            None => ("no request state".to_owned(), ""),
+        };
+        format!(
+            "receive {k} (slot {}) still pending after {waited:.1?} of test calls: {req}. Comm: \
+             {} receives posted and not done, {unconsumed} done but not consumed, {} B of control \
+             messages buffered. Helpers: {}.{hint}{}",
+            slot_of(k),
+            self.reqs.outstanding(),
+            self.inbuf.len(),
+            self.helpers.describe(),
+            cuda_wait_note(&self.helpers, self.stall.after.min(CUDA_WAIT_NOTE)),
+        )
+    }
+
+    /// Slot, bytes and published fragment count of the last receive `test` reported done.
+    pub fn last_done(&self) -> Option<(usize, u32, usize)> {
+        self.last_done
+    }
+
+    /// What registration `mhandle` covers, if it is one of this comm's.
+    pub fn memory_of(&self, mhandle: usize) -> Option<Memory> {
+        self.regs.find(mhandle).ok()
+    }
+
+    /// Sets the stall WARN threshold (tests use zero to assert the WARN without waiting).
+    pub fn set_stall_warn_after(&mut self, after: Duration) {
+        self.stall.after = after;
     }
 
     /// `irecvConsumed` on the receive in `slot`: frees the request and (CUDA receives) poisons
@@ -685,8 +877,8 @@ impl RecvComm {
         Ok(())
     }
 
-    /// A WARN the comm wants printed (once per condition), e.g. a receive starved of bounce
-    /// pages for [`STARVED_WARN_AFTER`].
+    /// A WARN the comm wants printed (once per condition): a receive starved of bounce pages
+    /// for [`STARVED_WARN_AFTER`], or pending for [`STALL_WARN_AFTER`].
     pub fn take_warning(&mut self) -> Option<String> {
         self.warning.take()
     }
@@ -866,6 +1058,7 @@ mod tests {
     use crate::bounce::{DeviceMemory, HostMemory};
     use crate::config::Config;
     use crate::conn::{self, ListenComm};
+    use crate::helper::Phase;
     use crate::hostmem::region_of;
     use crate::nic::Nic;
     use std::ffi::CString;
@@ -888,6 +1081,7 @@ mod tests {
             ctrl_addr: None,
             cuda: crate::config::CudaMode::Off,
             bounce_bytes: crate::config::DEFAULT_BOUNCE_BYTES,
+            bounce_mem: crate::config::BounceMem::Device,
         };
         let (mut l, mut h) = ListenComm::new(&cfg, 0).unwrap();
         let t0 = Instant::now();
@@ -1072,6 +1266,7 @@ mod tests {
     mod fakedev {
         use super::*;
         use crate::bounce::{StagedChunk, Stager};
+        use crate::helper::{Phase, PhaseCell};
         use crate::pages::{chunk_fragments, pages_for, PageAllocator, Shuffler, PAGE};
         use std::collections::BTreeMap;
         use std::sync::Mutex;
@@ -1112,6 +1307,14 @@ mod tests {
                 let (base, buf) = mem.range(..=addr).next_back().unwrap();
                 buf[addr - base..addr - base + len].to_vec()
             }
+
+            /// What a kernel storing `bytes` at `addr` does.
+            pub fn write(&self, addr: usize, bytes: &[u8]) {
+                let mut mem = self.mem.lock().unwrap();
+                let (base, buf) = mem.range_mut(..=addr).next_back().unwrap();
+                let at = addr - *base;
+                buf[at..at + bytes.len()].copy_from_slice(bytes);
+            }
         }
 
         /// A queue's metadata: `mem[16][2048]` and `cnt[16]`.
@@ -1125,6 +1328,9 @@ mod tests {
             pub meta: Arc<FakeMeta>,
             rng: Shuffler,
             placed: [usize; 16],
+            /// Replaces the helpers' device I/O (a stager that blocks like a GPU that does not
+            /// run the sim's work).
+            pub io: Option<Arc<dyn DeviceIo>>,
         }
 
         impl FakeQueue {
@@ -1137,7 +1343,62 @@ mod tests {
                     }),
                     rng: Shuffler::new(5),
                     placed: [0; 16],
+                    io: None,
                 }
+            }
+        }
+
+        /// Device I/O whose receives enter [`Phase::CudaScatter`] and stay there until `release`
+        /// is dropped: a GPU that does not run the scatter the sim queued.
+        pub struct StuckIo {
+            release: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+        }
+
+        impl StuckIo {
+            pub fn new() -> (Arc<StuckIo>, std::sync::mpsc::Sender<()>) {
+                let (tx, rx) = std::sync::mpsc::channel();
+                (
+                    Arc::new(StuckIo {
+                        release: Mutex::new(Some(rx)),
+                    }),
+                    tx,
+                )
+            }
+        }
+
+        struct StuckStager(Option<std::sync::mpsc::Receiver<()>>);
+
+        impl DeviceIo for StuckIo {
+            fn stager(&self) -> Result<Box<dyn Stager>, SimError> {
+                Ok(Box::new(StuckStager(self.release.lock().unwrap().take())))
+            }
+        }
+
+        impl Stager for StuckStager {
+            fn send(
+                &mut self,
+                _: &TcpStream,
+                _: usize,
+                _: DeviceRange,
+                _: &PhaseCell,
+            ) -> Result<(), SimError> {
+                unreachable!("receive side only")
+            }
+
+            fn recv(
+                &mut self,
+                _: &TcpStream,
+                _: usize,
+                _: StagedChunk,
+                phase: &PhaseCell,
+            ) -> Result<(), SimError> {
+                phase.set(Phase::CudaScatter);
+                if let Some(rx) = &self.0 {
+                    let _ = rx.recv();
+                }
+                Err(SimError::Protocol {
+                    why: "released stuck stager",
+                })
             }
         }
 
@@ -1161,8 +1422,11 @@ mod tests {
                 sock: &TcpStream,
                 index: usize,
                 src: DeviceRange,
+                phase: &PhaseCell,
             ) -> Result<(), SimError> {
+                phase.set(Phase::CudaCopy);
                 let bytes = self.gpu.read(src.addr, src.len);
+                phase.set(Phase::SocketSend);
                 (&*sock)
                     .write_all(&bytes)
                     .map_err(|e| SimError::from_io("send", Some(index), &e))
@@ -1173,7 +1437,9 @@ mod tests {
                 sock: &TcpStream,
                 index: usize,
                 chunk: StagedChunk,
+                phase: &PhaseCell,
             ) -> Result<(), SimError> {
+                phase.set(Phase::SocketRecv);
                 let mut staging = vec![0u8; chunk.len as usize];
                 (&*sock)
                     .read_exact(&mut staging)
@@ -1195,6 +1461,9 @@ mod tests {
             }
 
             fn device_io(&self) -> Option<Arc<dyn DeviceIo>> {
+                if let Some(io) = &self.io {
+                    return Some(Arc::clone(io));
+                }
                 Some(Arc::new(FakeIo {
                     gpu: Arc::clone(&self.gpu),
                     meta: Some(Arc::clone(&self.meta)),
@@ -1269,18 +1538,32 @@ mod tests {
             }
         }
 
+        /// A send comm's device I/O (device→"host" reads of the fake GPU).
+        pub fn send_io(gpu: &Arc<FakeGpu>) -> Arc<dyn DeviceIo> {
+            Arc::new(FakeIo {
+                gpu: Arc::clone(gpu),
+                meta: None,
+            })
+        }
+
         /// A connected pair in fake CUDA mode: 16 KiB chunks over `nsocks` sockets.
         pub fn comms(
             gpu: &Arc<FakeGpu>,
             nsocks: usize,
             nthreads: usize,
         ) -> (SendComm, RecvComm, Arc<FakeMeta>) {
+            comms_with_chunk(gpu, nsocks, nthreads, 16384)
+        }
+
+        /// A connected pair in fake CUDA mode with `chunk`-byte chunks.
+        pub fn comms_with_chunk(
+            gpu: &Arc<FakeGpu>,
+            nsocks: usize,
+            nthreads: usize,
+            chunk: usize,
+        ) -> (SendComm, RecvComm, Arc<FakeMeta>) {
             let (sl, rl) = links(nsocks, nthreads);
-            let send_io: Arc<dyn DeviceIo> = Arc::new(FakeIo {
-                gpu: Arc::clone(gpu),
-                meta: None,
-            });
-            let send = SendComm::new(sl, 16384, Some(send_io)).unwrap();
+            let send = SendComm::new(sl, chunk, Some(send_io(gpu))).unwrap();
             let q = FakeQueue::new(gpu);
             let meta = Arc::clone(&q.meta);
             let recv = RecvComm::new(rl, Some(Box::new(q))).unwrap();
@@ -1514,6 +1797,310 @@ mod tests {
         drop(recv);
         drop(send);
         assert!(host == data);
+        assert_eq!(gpu.pages.lock().unwrap().free_pages(), 64);
+    }
+
+    /// NCCL 2.28's p2p proxy loop over the net transport with shared buffers
+    /// (`src/transport/net.cc`: `sendProxyProgress`, `recvProxyProgress`; the kernel side in
+    /// `src/device/prims_simple.h` and `src/device/network/unpack/unpack.h`), on two channels —
+    /// two comm pairs whose receives all post into ONE registered buffer — with TCPX's GCP
+    /// shape (4 sockets on 1 helper thread, chunk = P2P chunk):
+    /// * sender: the kernel fills shared slot `step % 8` only with a credit (`step < done + 8`);
+    ///   the proxy `isend`s the step's actual size and tests only its oldest send;
+    /// * receiver: the proxy `irecv`s the slot's full P2P chunk size (`sharedBuffersGet`) up to 8
+    ///   steps ahead of the last consumed one, tests only the oldest; the kernel's own `head`
+    ///   (from `u64::MAX`, +1 per step) picks `cnt[head % 16]` and unpacks; only then the proxy
+    ///   calls `irecvConsumed`.
+    ///
+    /// Steps include short, page-unaligned and empty ones. Everything must arrive, unpacked
+    /// from the bounce pool, with the irecv buffer untouched.
+    #[test]
+    fn nccl_p2p_proxy_pattern_over_two_shared_channels() {
+        use fakedev::*;
+        const STEPS: usize = 8; // NCCL_STEPS
+        const SHARED: usize = 16; // NCCL_SHARED_STEPS
+        let p2p = 64 << 10;
+        let gpu = FakeGpu::new(2 * 16 * (p2p / 4096) as u32);
+        let nch = 2;
+        let sbuf = gpu.alloc(vec![0; nch * SHARED * p2p]);
+        let rbuf = gpu.alloc(vec![0x5a; nch * SHARED * p2p]);
+        struct Chan {
+            send: SendComm,
+            recv: RecvComm,
+            meta: Arc<FakeMeta>,
+            smh: usize,
+            rmh: usize,
+            sizes: Vec<usize>,
+            sends: VecDeque<usize>,
+            recvs: VecDeque<usize>,
+            written: usize,
+            sent: usize,
+            posted: usize,
+            received: usize,
+            unpacked: usize,
+            head: u64,
+        }
+        let mut ch: Vec<Chan> = (0..nch)
+            .map(|c| {
+                let (mut send, mut recv, meta) = comms_with_chunk(&gpu, 4, 1, p2p);
+                let smh = send.register(cuda(sbuf, nch * SHARED * p2p));
+                let rmh = recv.register(cuda(rbuf, nch * SHARED * p2p));
+                let sizes = (0..37)
+                    .map(|k| match (k + c) % 6 {
+                        0 | 1 => p2p,
+                        2 => 1000 + k,
+                        3 => 0,
+                        4 => p2p - 1,
+                        _ => 4096 * (k % 5 + 1),
+                    })
+                    .collect();
+                Chan {
+                    send,
+                    recv,
+                    meta,
+                    smh,
+                    rmh,
+                    sizes,
+                    sends: VecDeque::new(),
+                    recvs: VecDeque::new(),
+                    written: 0,
+                    sent: 0,
+                    posted: 0,
+                    received: 0,
+                    unpacked: 0,
+                    head: u64::MAX,
+                }
+            })
+            .collect();
+        let data = |c: usize, k: usize, n: usize| pattern(c * 1000 + k, n);
+        let slot_addr = |base: usize, c: usize, k: usize| base + p2p * (c * SHARED + k % STEPS);
+        let t0 = Instant::now();
+        while ch.iter().any(|x| x.unpacked < x.sizes.len()) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "NCCL's pattern stalled"
+            );
+            for (c, x) in ch.iter_mut().enumerate() {
+                let nsteps = x.sizes.len();
+                // Sender: kernel fills a slot with a credit, proxy isends it; then tests.
+                if x.written < nsteps && x.written < x.sent + STEPS {
+                    let k = x.written;
+                    let n = x.sizes[k];
+                    gpu.write(slot_addr(sbuf, c, k), &data(c, k, n));
+                    let s = x
+                        .send
+                        .isend(slot_addr(sbuf, c, k), n as i32, x.smh)
+                        .unwrap();
+                    x.sends.push_back(s);
+                    x.written += 1;
+                } else if let Some(&s) = x.sends.front() {
+                    if x.send.test(s).unwrap() {
+                        x.sends.pop_front();
+                        x.sent += 1;
+                    }
+                }
+                // Receiver: post up to 8 ahead of the consumed steps, else test the oldest.
+                if x.posted < nsteps && x.posted < x.unpacked + STEPS {
+                    let k = x.posted;
+                    let r = x
+                        .recv
+                        .irecv(slot_addr(rbuf, c, k), p2p as i32, x.rmh)
+                        .unwrap();
+                    assert_eq!(
+                        r,
+                        k % 16,
+                        "the k-th irecv of a comm uses unpack slot k % 16"
+                    );
+                    x.recvs.push_back(r);
+                    x.posted += 1;
+                } else if x.received < x.posted
+                    && x.recv.test(x.recvs[x.received - x.unpacked]).unwrap()
+                {
+                    x.received += 1;
+                }
+                // Kernel: the proxy moved the tail; unpack with the kernel's own head; then the
+                // proxy sees the kernel's head and consumes.
+                if x.unpacked < x.received {
+                    let k = x.unpacked;
+                    x.head = x.head.wrapping_add(1);
+                    let slot = (x.head % 16) as usize;
+                    let n = x.sizes[k];
+                    assert_eq!(x.meta.cnt.lock().unwrap()[slot] as usize, n.div_ceil(4096));
+                    assert!(
+                        unpack(&gpu, &x.meta, slot, n) == data(c, k, n),
+                        "ch {c} step {k}"
+                    );
+                    let r = x.recvs.pop_front().unwrap();
+                    assert_eq!(r, slot);
+                    x.recv.consumed(r).unwrap();
+                    x.unpacked += 1;
+                }
+            }
+        }
+        for x in &mut ch {
+            while let Some(&s) = x.sends.front() {
+                assert!(t0.elapsed() < Duration::from_secs(60), "sends stalled");
+                if x.send.test(s).unwrap() {
+                    x.sends.pop_front();
+                }
+            }
+            assert_eq!((x.send.outstanding(), x.recv.outstanding()), (0, 0));
+        }
+        drop(ch);
+        assert_eq!(
+            gpu.pages.lock().unwrap().free_pages(),
+            2 * 16 * (p2p / 4096)
+        );
+        assert!(
+            gpu.read(rbuf, nch * SHARED * p2p)
+                .iter()
+                .all(|b| *b == 0x5a),
+            "the irecv buffer was written"
+        );
+    }
+
+    fn host_pair(nsocks: usize, nthreads: usize) -> (SendComm, RecvComm) {
+        let (sl, rl) = links(nsocks, nthreads);
+        let send = SendComm::new(sl, 4096, None).unwrap();
+        let q = HostMemory
+            .new_unpack_queue(&crate::log::Logger::Sink(sink))
+            .unwrap();
+        (send, RecvComm::new(rl, Some(q)).unwrap())
+    }
+
+    #[test]
+    fn a_receive_nobody_sends_gets_one_stall_warning() {
+        let (_send, mut recv) = host_pair(2, 1);
+        let mut dst = vec![0u8; 8192];
+        let rmh = recv.register(Memory::Host(region_of(&mut dst)));
+        let r = recv.irecv(dst.as_ptr() as usize, 8192, rmh).unwrap();
+        let t0 = Instant::now();
+        while recv.helpers.phase(0).map(|p| p.0) != Some(Phase::Idle) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the helper never started"
+            );
+            assert!(!recv.test(r).unwrap());
+        }
+        assert_eq!(recv.take_warning(), None, "not before the threshold");
+        recv.set_stall_warn_after(Duration::ZERO);
+        assert!(!recv.test(r).unwrap());
+        let w = recv.take_warning().expect("a stall WARN");
+        assert!(w.starts_with("receive 0 (slot 0) still pending"), "{w}");
+        assert!(w.contains("up to 8192 B into host memory"), "{w}");
+        assert!(
+            w.contains("no control message for it has arrived yet"),
+            "{w}"
+        );
+        assert!(w.contains("The sender has not isend-ed it"), "{w}");
+        assert!(w.contains("tcpx-sim-rx0 idle"), "{w}");
+        assert!(!recv.test(r).unwrap());
+        assert_eq!(recv.take_warning(), None, "once per request");
+        drop(recv);
+        drop(dst);
+    }
+
+    #[test]
+    fn a_send_nobody_receives_names_the_blocked_helper() {
+        let (mut send, _recv) = host_pair(1, 1);
+        // Far more than the socket buffers hold, and no irecv: the helper blocks in write.
+        let mut src = vec![7u8; 64 << 20];
+        let smh = send.register(Memory::Host(region_of(&mut src)));
+        let s = send
+            .isend(src.as_ptr() as usize, src.len() as i32, smh)
+            .unwrap();
+        let t0 = Instant::now();
+        while send.helpers.phase(0).map(|p| p.0) != Some(Phase::SocketSend) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the helper never started"
+            );
+            assert!(!send.test(s).unwrap());
+        }
+        assert_eq!(send.take_warning(), None);
+        send.set_stall_warn_after(Duration::ZERO);
+        assert!(!send.test(s).unwrap());
+        let w = send.take_warning().expect("a stall WARN");
+        assert!(w.starts_with("send 0 (slot 0) still pending"), "{w}");
+        assert!(w.contains("67108864 B from host memory"), "{w}");
+        assert!(
+            w.contains("tcpx-sim-tx0 writing a chunk to its socket"),
+            "{w}"
+        );
+        assert!(!w.contains("CUDA"), "{w}");
+        drop(send);
+        drop(src);
+    }
+
+    #[test]
+    fn a_receive_behind_a_gpu_that_does_not_run_the_scatter_says_so() {
+        use fakedev::*;
+        let gpu = FakeGpu::new(64);
+        let (sl, rl) = links(1, 1);
+        let mut send = SendComm::new(sl, 16384, Some(send_io(&gpu))).unwrap();
+        let (stuck, release) = StuckIo::new();
+        let mut q = FakeQueue::new(&gpu);
+        q.io = Some(stuck);
+        let mut recv = RecvComm::new(rl, Some(Box::new(q))).unwrap();
+        // Declared after `recv`: a failing assertion drops it first, which unblocks the helper
+        // that `recv`'s drop joins.
+        let release = release;
+        let src = gpu.alloc(pattern(1, 16384));
+        let smh = send.register(cuda(src, 16384));
+        let dst = gpu.alloc(vec![0; 16384]);
+        let rmh = recv.register(cuda(dst, 16384));
+        let r = recv.irecv(dst, 16384, rmh).unwrap();
+        let s = send.isend(src, 16384, smh).unwrap();
+        let t0 = Instant::now();
+        let mut sent = false;
+        while recv.helpers.phase(0).map(|p| p.0) != Some(Phase::CudaScatter) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the chunk never reached the helper"
+            );
+            sent = sent || send.test(s).unwrap();
+            assert!(!recv.test(r).unwrap());
+        }
+        recv.set_stall_warn_after(Duration::ZERO);
+        assert!(!recv.test(r).unwrap());
+        let w = recv.take_warning().expect("a stall WARN");
+        assert!(
+            w.contains("the sender announced 16384 B; 16384 B handed to helpers, 0 B landed"),
+            "{w}"
+        );
+        assert!(
+            w.contains("waiting for the scatter kernel into the bounce pool"),
+            "{w}"
+        );
+        assert!(
+            w.contains("the GPU is not running work the sim queued"),
+            "{w}"
+        );
+        assert!(w.contains("TCPX_SIM_BOUNCE_MEM=host"), "{w}");
+        drop(release);
+        // The released stager fails the helper: the comm reports it.
+        let t0 = Instant::now();
+        loop {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the failure never surfaced"
+            );
+            match recv.test(r) {
+                Ok(false) => {}
+                Ok(true) => panic!("completed without its bytes"),
+                Err(e) => {
+                    assert_eq!(
+                        e,
+                        SimError::Protocol {
+                            why: "released stuck stager"
+                        }
+                    );
+                    break;
+                }
+            }
+        }
+        drop(recv);
+        drop(send);
         assert_eq!(gpu.pages.lock().unwrap().free_pages(), 64);
     }
 }

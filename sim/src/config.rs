@@ -15,6 +15,7 @@
 //! | `TCPX_SIM_VIRTUAL_NICS` | unset | virtual NICs on loopback ([`crate::nic`]) |
 //! | `TCPX_SIM_CUDA` | unset = auto | `0`: host mode; `1`: CUDA mode or `init` fails; unset: CUDA mode when built with `cuda`, libcuda loads and a GPU exists ([`CudaMode`]) |
 //! | `TCPX_SIM_BOUNCE_BYTES` | 512 MiB | CUDA mode: bytes of each GPU's bounce pool, rounded up to 4 KiB; at least one chunk, at most 4 GiB |
+//! | `TCPX_SIM_BOUNCE_MEM` | `device` | CUDA mode: where each GPU's bounce pool lives ([`BounceMem`]): `device` (GPU memory, filled by a scatter kernel) or `host` (pinned, device-mapped host memory that helper threads receive into: no GPU work on the receive path, as on TCPX — use it under NCCL) |
 //!
 //! Integers are parsed like C's `strtoll(s, NULL, 0)` (decimal, `0x` hex, leading-`0` octal);
 //! unparsable or out-of-range values keep the default, as TCPX's `TCPX_GET_INT_FLAG` does.
@@ -68,6 +69,26 @@ pub enum CudaMode {
     On,
 }
 
+/// `TCPX_SIM_BOUNCE_MEM`: where a GPU's bounce pool lives in CUDA mode.
+///
+/// On TCPX the NIC writes received payload into the GPU's RX pool by DMA: the receive path
+/// issues no GPU work at all, and NCCL relies on that — its kernel stays resident, spinning on
+/// the tail that the proxy advances after `test` reports a receive done. The sim cannot DMA into
+/// GPU memory from a CPU thread; `Device` copies with a kernel on its own stream, which the GPU
+/// does not have to run while NCCL's kernel spins (stream work is not guaranteed to run
+/// concurrently). `Host` keeps TCPX's property instead of its memory type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BounceMem {
+    /// `device` (default): the pool is GPU memory (`cuMemAlloc`); helper threads stage received
+    /// bytes in pinned memory and a scatter kernel moves them into their pages; consumed pages are
+    /// poisoned by a kernel.
+    Device,
+    /// `host`: the pool is pinned, device-mapped host memory (`cuMemHostAlloc(DEVICEMAP |
+    /// PORTABLE)`, `bounce_buf` its device address); helper threads `recv` straight into the
+    /// pages and poison them with the CPU. No CUDA call on the receive path after `accept`.
+    Host,
+}
+
 /// Everything `init` read.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -89,6 +110,8 @@ pub struct Config {
     pub cuda: CudaMode,
     /// `TCPX_SIM_BOUNCE_BYTES`: bytes of each GPU's bounce pool (a multiple of 4096).
     pub bounce_bytes: usize,
+    /// `TCPX_SIM_BOUNCE_MEM`: where the bounce pools live.
+    pub bounce_mem: BounceMem,
 }
 
 /// Parses an integer like `strtoll(s, NULL, 0)`, requiring the whole string to be consumed.
@@ -222,6 +245,7 @@ impl Config {
 
         let cuda = cuda_mode(env)?;
         let bounce_bytes = bounce_bytes(env, chunk as usize)?;
+        let bounce_mem = bounce_mem(env)?;
 
         Ok(Config {
             chunk_size: chunk as usize,
@@ -233,7 +257,20 @@ impl Config {
             ctrl_addr,
             cuda,
             bounce_bytes,
+            bounce_mem,
         })
+    }
+}
+
+/// Parses `TCPX_SIM_BOUNCE_MEM`.
+fn bounce_mem(env: &dyn Fn(&str) -> Option<String>) -> Result<BounceMem, SimError> {
+    match env("TCPX_SIM_BOUNCE_MEM").as_deref().map(str::trim) {
+        None | Some("") | Some("device") => Ok(BounceMem::Device),
+        Some("host") => Ok(BounceMem::Host),
+        Some(v) => Err(SimError::BadEnv {
+            var: "TCPX_SIM_BOUNCE_MEM",
+            why: format!("\"{v}\" is neither device nor host"),
+        }),
     }
 }
 
@@ -545,5 +582,26 @@ mod tests {
             get(&[("NCCL_DYNAMIC_CHUNK_SIZE", "0x40000001")]).map(|c| c.1),
             Ok((1 << 30) + 4096)
         );
+    }
+
+    #[test]
+    fn bounce_pool_memory() {
+        let get = |v: &[(&str, &str)]| cfg(v).map(|c| c.bounce_mem);
+        assert_eq!(get(&[CHUNK]), Ok(BounceMem::Device));
+        assert_eq!(
+            get(&[CHUNK, ("TCPX_SIM_BOUNCE_MEM", "device")]),
+            Ok(BounceMem::Device)
+        );
+        assert_eq!(
+            get(&[CHUNK, ("TCPX_SIM_BOUNCE_MEM", " host ")]),
+            Ok(BounceMem::Host)
+        );
+        assert!(matches!(
+            get(&[CHUNK, ("TCPX_SIM_BOUNCE_MEM", "gpu")]),
+            Err(SimError::BadEnv {
+                var: "TCPX_SIM_BOUNCE_MEM",
+                ..
+            })
+        ));
     }
 }

@@ -468,6 +468,7 @@ mod tests {
             ctrl_addr: None,
             cuda: crate::config::CudaMode::Off,
             bounce_bytes: crate::config::DEFAULT_BOUNCE_BYTES,
+            bounce_mem: crate::config::BounceMem::Device,
         }
     }
 

@@ -13,9 +13,16 @@
 //!
 //! CUDA mode: a chunk of device memory ([`Io::DeviceSend`], [`Io::DeviceRecv`]) goes through the
 //! thread's [`Stager`] (host staging, device copies; [`crate::bounce`]), made from the comm's
-//! [`DeviceIo`] when the thread starts — during comm setup, not on the data path — and kept until
-//! the thread ends (a failure there fails the comm's first `test`). A device receive counts as
-//! completed only once its bytes are in the bounce pool.
+//! [`DeviceIo`] by [`Helpers::spawn`] on the calling thread — inside `connect`/`accept`, before
+//! the comm is handed out — and moved into the thread, which only binds its CUDA context
+//! ([`Stager::bind`]). No CUDA allocation ever happens on a helper thread: NCCL launches its
+//! kernel right after connecting, and a driver call that waits for the GPU while that kernel
+//! spins on the proxy would never return. A device receive counts as completed only once its
+//! bytes are in the bounce pool.
+//!
+//! Each thread publishes what it is doing ([`Phase`], since when) in a [`PhaseCell`] — one atomic
+//! store per step — so a `test` that waits too long can say whether the bytes are stuck in a
+//! socket, in a CUDA call or in nobody's hands ([`Helpers::describe`]).
 //!
 //! Invariants:
 //! * Per socket, tasks complete in submission order (one thread serves a socket, FIFO queue).
@@ -33,12 +40,14 @@
 //! ```
 #![forbid(unsafe_code)]
 
+use std::fmt::Write as _;
 use std::net::{Shutdown, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::bounce::{DeviceIo, DeviceRange, StagedChunk, Stager};
 use crate::error::SimError;
@@ -73,8 +82,113 @@ pub struct Task {
     pub io: Io,
 }
 
+/// What a helper thread is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Binding its CUDA context, before its first task.
+    Starting,
+    /// Waiting for a task from `test`.
+    Idle,
+    /// Writing a chunk to its socket.
+    SocketSend,
+    /// Reading a chunk from its socket.
+    SocketRecv,
+    /// Waiting for a device→host staging copy (CUDA send).
+    CudaCopy,
+    /// Waiting for the kernel that scatters staged bytes into the bounce pool (CUDA receive).
+    CudaScatter,
+    /// Stopped by an error (reported by the comm's next `test`).
+    Failed,
+    /// Ended (comm closing).
+    Ended,
+}
+
+impl Phase {
+    const ALL: [Phase; 8] = [
+        Phase::Starting,
+        Phase::Idle,
+        Phase::SocketSend,
+        Phase::SocketRecv,
+        Phase::CudaCopy,
+        Phase::CudaScatter,
+        Phase::Failed,
+        Phase::Ended,
+    ];
+
+    fn code(self) -> u64 {
+        Phase::ALL.iter().position(|p| *p == self).unwrap_or(0) as u64
+    }
+
+    /// Whether the thread is inside a CUDA call that waits for the GPU.
+    pub fn is_cuda(self) -> bool {
+        matches!(self, Phase::CudaCopy | Phase::CudaScatter)
+    }
+
+    /// The phase in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Phase::Starting => "binding its CUDA context",
+            Phase::Idle => "idle (no chunk queued by test)",
+            Phase::SocketSend => "writing a chunk to its socket",
+            Phase::SocketRecv => "reading a chunk from its socket",
+            Phase::CudaCopy => "waiting for a device-to-host staging copy",
+            Phase::CudaScatter => "waiting for the scatter kernel into the bounce pool",
+            Phase::Failed => "stopped by an error",
+            Phase::Ended => "ended",
+        }
+    }
+}
+
+/// Nanoseconds are counted from the first use in the process.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+const SINCE_BITS: u32 = 56;
+const SINCE_MASK: u64 = (1 << SINCE_BITS) - 1;
+
+/// A helper thread's [`Phase`] and when it began, in one atomic word (phase in the top 8 bits,
+/// nanoseconds since the process epoch below): the helper stores, `test` loads, no lock.
+#[derive(Debug)]
+pub struct PhaseCell(AtomicU64);
+
+impl Default for PhaseCell {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PhaseCell {
+    /// A cell in [`Phase::Starting`], starting now.
+    pub fn new() -> PhaseCell {
+        let c = PhaseCell(AtomicU64::new(0));
+        c.set(Phase::Starting);
+        c
+    }
+
+    /// Enters `p` now.
+    pub fn set(&self, p: Phase) {
+        let ns = u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(SINCE_MASK) & SINCE_MASK;
+        self.0.store(p.code() << SINCE_BITS | ns, Ordering::Relaxed);
+    }
+
+    /// The current phase and how long it has lasted.
+    pub fn get(&self) -> (Phase, Duration) {
+        let w = self.0.load(Ordering::Relaxed);
+        let phase = Phase::ALL
+            .get((w >> SINCE_BITS) as usize)
+            .copied()
+            .unwrap_or(Phase::Starting);
+        let since = Duration::from_nanos(w & SINCE_MASK);
+        (phase, epoch().elapsed().saturating_sub(since))
+    }
+}
+
 struct Shared {
     completed: Vec<AtomicU64>,
+    phases: Vec<PhaseCell>,
     failed: AtomicBool,
     stopping: AtomicBool,
     error: Mutex<Option<SimError>>,
@@ -101,6 +215,7 @@ pub struct Helpers {
     sockets: Vec<Arc<TcpStream>>,
     shared: Arc<Shared>,
     nthreads: usize,
+    dir: Direction,
 }
 
 impl std::fmt::Debug for Helpers {
@@ -115,7 +230,8 @@ impl std::fmt::Debug for Helpers {
 impl Helpers {
     /// Starts `nthreads` helpers (at most one per socket) over `sockets`, each queue holding up
     /// to `tasks_per_socket` tasks per socket it serves. `device` moves device chunks (CUDA
-    /// mode); without it a device task fails the helper.
+    /// mode); without it a device task fails the helper. The threads' stagers are made here, on
+    /// the calling thread, so a failure fails the call and no helper allocates anything.
     pub fn spawn(
         dir: Direction,
         sockets: Vec<TcpStream>,
@@ -128,30 +244,34 @@ impl Helpers {
         let sockets: Vec<Arc<TcpStream>> = sockets.into_iter().map(Arc::new).collect();
         let shared = Arc::new(Shared {
             completed: (0..nsocks).map(|_| AtomicU64::new(0)).collect(),
+            phases: (0..nthreads).map(|_| PhaseCell::new()).collect(),
             failed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             error: Mutex::new(None),
         });
+        let stagers = match &device {
+            Some(d) => (0..nthreads)
+                .map(|_| d.stager().map(Some))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => (0..nthreads).map(|_| None).collect(),
+        };
         let mut helpers = Helpers {
             queues: Vec::with_capacity(nthreads),
             threads: Vec::with_capacity(nthreads),
             sockets,
             shared,
             nthreads,
+            dir,
         };
-        for t in 0..nthreads {
+        for (t, stager) in stagers.into_iter().enumerate() {
             let served = (t..nsocks).step_by(nthreads).count();
             let (tx, rx) = sync_channel::<Task>(tasks_per_socket * served + 1);
             let socks = helpers.sockets.clone();
             let shared = Arc::clone(&helpers.shared);
-            let device = device.clone();
-            let name = match dir {
-                Direction::Send => format!("tcpx-sim-tx{t}"),
-                Direction::Recv => format!("tcpx-sim-rx{t}"),
-            };
+            let name = helpers.thread_name(t);
             let handle = std::thread::Builder::new()
                 .name(name)
-                .spawn(move || run(dir, rx, socks, shared, device))
+                .spawn(move || run(dir, t, rx, socks, shared, stager))
                 .map_err(|e| SimError::Io {
                     op: "spawn helper thread",
                     errno: e.raw_os_error(),
@@ -166,6 +286,49 @@ impl Helpers {
     /// Data sockets of the comm.
     pub fn nsocks(&self) -> usize {
         self.sockets.len()
+    }
+
+    fn thread_name(&self, t: usize) -> String {
+        match self.dir {
+            Direction::Send => format!("tcpx-sim-tx{t}"),
+            Direction::Recv => format!("tcpx-sim-rx{t}"),
+        }
+    }
+
+    /// Helper thread `t`'s phase and how long it has lasted.
+    pub fn phase(&self, t: usize) -> Option<(Phase, Duration)> {
+        self.shared.phases.get(t).map(PhaseCell::get)
+    }
+
+    /// The longest-lasting CUDA wait of any helper, if one is in a CUDA call now.
+    pub fn cuda_wait(&self) -> Option<(usize, Phase, Duration)> {
+        (0..self.nthreads)
+            .filter_map(|t| self.phase(t).map(|(p, d)| (t, p, d)))
+            .filter(|(_, p, _)| p.is_cuda())
+            .max_by_key(|(_, _, d)| *d)
+    }
+
+    /// One line per helper thread (what it does, for how long, the sockets it serves and their
+    /// completed chunks), for a WARN.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for t in 0..self.nthreads {
+            let (p, d) = self.phase(t).unwrap_or((Phase::Starting, Duration::ZERO));
+            let socks: Vec<String> = (t..self.sockets.len())
+                .step_by(self.nthreads)
+                .map(|s| format!("{s}:{}", self.completed(s)))
+                .collect();
+            let _ = write!(
+                out,
+                "{}{} {} for {:.1?} (socket:chunks done {})",
+                if t > 0 { "; " } else { "" },
+                self.thread_name(t),
+                p.describe(),
+                d,
+                socks.join(" ")
+            );
+        }
+        out
     }
 
     /// Queues a chunk on its socket's helper. Never blocks: the comm keeps at most
@@ -220,44 +383,36 @@ impl Drop for Helpers {
     }
 }
 
-/// The thread's stager, made from `device` on first use.
-fn stager_for<'a>(
-    stager: &'a mut Option<Box<dyn Stager>>,
-    device: Option<&Arc<dyn DeviceIo>>,
-) -> Result<&'a mut dyn Stager, SimError> {
-    const NO_CUDA: SimError = SimError::Protocol {
-        why: "a device chunk on a comm without CUDA mode",
-    };
-    if stager.is_none() {
-        *stager = Some(device.ok_or(NO_CUDA)?.stager()?);
-    }
-    match stager {
-        Some(s) => Ok(s.as_mut()),
-        None => Err(NO_CUDA),
-    }
-}
-
 /// Moves one task's bytes.
 fn move_bytes(
     dir: Direction,
     task: Task,
     sock: &TcpStream,
-    device: Option<&Arc<dyn DeviceIo>>,
-    stager: &mut Option<Box<dyn Stager>>,
+    stager: Option<&mut Box<dyn Stager>>,
+    phase: &PhaseCell,
 ) -> Result<(), SimError> {
     let op = match dir {
         Direction::Send => "send",
         Direction::Recv => "recv",
     };
     let host = |r: std::io::Result<()>| r.map_err(|e| SimError::from_io(op, Some(task.sock), &e));
+    let no_cuda = || SimError::Protocol {
+        why: "a device chunk on a comm without CUDA mode",
+    };
     match (dir, task.io) {
-        (Direction::Send, Io::Host(r)) => host(r.send_all(sock)),
-        (Direction::Recv, Io::Host(r)) => host(r.recv_all(sock)),
+        (Direction::Send, Io::Host(r)) => {
+            phase.set(Phase::SocketSend);
+            host(r.send_all(sock))
+        }
+        (Direction::Recv, Io::Host(r)) => {
+            phase.set(Phase::SocketRecv);
+            host(r.recv_all(sock))
+        }
         (Direction::Send, Io::DeviceSend(r)) => {
-            stager_for(stager, device)?.send(sock, task.sock, r)
+            stager.ok_or_else(no_cuda)?.send(sock, task.sock, r, phase)
         }
         (Direction::Recv, Io::DeviceRecv(c)) => {
-            stager_for(stager, device)?.recv(sock, task.sock, c)
+            stager.ok_or_else(no_cuda)?.recv(sock, task.sock, c, phase)
         }
         _ => Err(SimError::Protocol {
             why: "a device chunk of the wrong direction",
@@ -267,46 +422,58 @@ fn move_bytes(
 
 fn run(
     dir: Direction,
+    t: usize,
     rx: Receiver<Task>,
     sockets: Vec<Arc<TcpStream>>,
     shared: Arc<Shared>,
-    device: Option<Arc<dyn DeviceIo>>,
+    mut stager: Option<Box<dyn Stager>>,
 ) {
+    let Some(phase) = shared.phases.get(t) else {
+        shared.fail(SimError::Protocol {
+            why: "helper thread without a phase cell",
+        });
+        return;
+    };
     let body = AssertUnwindSafe(|| {
-        // Made at thread start (CUDA mode), dropped (staging freed) when the thread ends.
-        let mut stager: Option<Box<dyn Stager>> = None;
-        if let Some(d) = &device {
-            match d.stager() {
-                Ok(s) => stager = Some(s),
-                Err(e) => {
-                    shared.fail(e);
-                    return;
-                }
+        // The stager (CUDA mode) was made by `spawn`; binding its context allocates nothing.
+        if let Some(s) = stager.as_mut() {
+            if let Err(e) = s.bind() {
+                phase.set(Phase::Failed);
+                shared.fail(e);
+                return;
             }
         }
-        while let Ok(task) = rx.recv() {
+        loop {
+            phase.set(Phase::Idle);
+            let Ok(task) = rx.recv() else { break };
             let Some(sock) = sockets.get(task.sock) else {
+                phase.set(Phase::Failed);
                 shared.fail(SimError::Protocol {
                     why: "task for an unknown socket",
                 });
                 return;
             };
-            match move_bytes(dir, task, sock, device.as_ref(), &mut stager) {
+            match move_bytes(dir, task, sock, stager.as_mut(), phase) {
                 Ok(()) => {
                     if let Some(c) = shared.completed.get(task.sock) {
                         c.fetch_add(1, Ordering::Release);
                     }
                 }
                 Err(e) => {
+                    phase.set(Phase::Failed);
                     shared.fail(e);
                     return;
                 }
             }
         }
+        phase.set(Phase::Ended);
     });
     if catch_unwind(body).is_err() {
+        phase.set(Phase::Failed);
         shared.fail(SimError::Panic);
     }
+    // Dropped (staging freed) only now, after the last task.
+    drop(stager);
 }
 
 #[cfg(test)]

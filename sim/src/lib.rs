@@ -24,8 +24,9 @@
 //! | receives | the k-th receive uses unpack slot `k % 16`; size-0 messages take a slot (cnt 0); `irecvConsumed` in FIFO order, only after done; host receives land in the irecv buffer, `cnt[slot] = 0` |
 //! | errors | peer closed / socket error → `ncclSystemError` (2) from `test`; contract violations → `ncclInternalError` (3) |
 //! | memory | `regMr(HOST)` records the buffer; `regMr(CUDA)` checks `NCCL_USE_DMA_BUF` and `data % 4096 == 0` ("data not aligned"), then needs CUDA mode and device memory of one GPU; `regMrDmaBuf` NULL; `getDeviceMr` no-op; `iflush` fails ("never call iflush on TCPX") |
-//! | CUDA mode | the device handle in device memory, the metadata in pinned device-mapped memory, a per-GPU bounce pool; receives into CUDA memory land there as shuffled 4 KiB pages (the irecv buffer is never written), `cnt[slot]` last; `irecvConsumed` poisons and frees the pages; sends from CUDA memory are copied to host staging first — see the `cuda` module (feature `cuda`) |
+//! | CUDA mode | the device handle in device memory, the metadata in pinned device-mapped memory, a per-GPU bounce pool (device memory, or with `TCPX_SIM_BOUNCE_MEM=host` pinned device-mapped host memory); receives into CUDA memory land there as shuffled 4 KiB pages (the irecv buffer is never written), `cnt[slot]` last; `irecvConsumed` poisons and frees the pages; sends from CUDA memory are copied to host staging first — see the `cuda` module (feature `cuda`) |
 //! | close | stops helper threads; WARNs when receives were not consumed |
+//! | diagnostics (*sim*) | INFO on each comm's first isend/irecv/test/completion/irecvConsumed; a WARN when `test` finds the same request pending for 10 s, saying where its bytes are and what each helper thread does (socket, CUDA wait) |
 //!
 //! Stricter than TCPX (*sim*), each a loud failure instead of a crash, hang or silent corruption:
 //! a NULL logger, `NCCL_DYNAMIC_CHUNK_SIZE` unset/0 or `NCCL_SOCKET_NTHREADS` > 8 fail `init`;
@@ -50,6 +51,8 @@
 //! * `TCPX_SIM_CUDA` — *sim only*: `0` host mode, `1` CUDA mode or `init` fails, unset = CUDA mode
 //!   when built with `cuda`, libcuda loads and a GPU exists.
 //! * `TCPX_SIM_BOUNCE_BYTES` — *sim only*: each GPU's bounce pool in CUDA mode (default 512 MiB).
+//! * `TCPX_SIM_BOUNCE_MEM` — *sim only*: `device` (default) or `host` — where the bounce pools
+//!   live; `host` keeps GPU work off the receive path, as on TCPX (use it under NCCL, below).
 //!
 //! ## Virtual NICs
 //!
@@ -81,12 +84,22 @@
 //! mode (build with `--features cuda`). `lo` has no PCI path, so NCCL only uses GPU buffers
 //! (GDR) with `NCCL_NET_GDR_LEVEL=SYS`; `scripts/gpu/nccl-sim.sh` has a complete setup.
 //!
+//! **Under NCCL, keep GPU work off the data path:** `TCPX_SIM_BOUNCE_MEM=host` (receives land in
+//! a host-memory pool without a kernel) and `NCCL_NET_GDR_READ=0` (NCCL sends from host buffers,
+//! so no device-to-host copy either). NCCL's kernel stays resident and spins on the tail its
+//! proxy advances after `test` (`src/transport/net.cc: recvProxyProgress`,
+//! `src/device/prims_simple.h: waitPeer`); TCPX never queues GPU work there (the NIC DMAs), and
+//! work the sim queues on its own streams need not run while that kernel spins — the run hangs
+//! (NCCL's own proxy-side copies do the same: NVIDIA/nccl issues 803, 1509). With the default
+//! device pool a stalled request's WARN names the helper stuck in the CUDA wait.
+//!
 //! The `tcpx` crate loads it like the real plugin (`Plugin::load(path)`); in-process users can
 //! take the table directly with [`plugin_v7`].
 //!
 //! ## What it does not emulate
 //!
-//! devmem-TCP (CUDA mode stages through pinned host memory instead), zero-copy send and its
+//! devmem-TCP (CUDA mode stages through pinned host memory instead, and a device bounce pool is
+//! filled by a kernel — GPU work on the receive path that TCPX does not have), zero-copy send and its
 //! completion notifications, RxDM and flow steering (the wait after accept is honoured), the
 //! ConnectionState retries, the per-socket
 //! 100 ms connect delay, TX/RX CPU bindings and thread pinning, `NCCL_GPUDIRECTTCPX_RECV_SYNC`,

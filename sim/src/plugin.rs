@@ -16,6 +16,11 @@
 //!   moved, holding the comm's address so `test(request)` finds its comm like TCPX's
 //!   `request->comm`.
 //!
+//! Diagnostics (INFO, subsystem NET): the first `isend`/`irecv`, the first `test`, the first
+//! completed request and the first `irecvConsumed` of every comm are logged once, with the comm's
+//! address, slot, sizes and memory — so a log shows how far each comm got. A request that `test`
+//! keeps finding pending gets a WARN after [`crate::comm::STALL_WARN_AFTER`].
+//!
 //! ```no_run
 //! use tcpx_sim::{log::Logger, plugin};
 //! fn sink(_: i32, m: &str) { eprintln!("{m}") }
@@ -24,6 +29,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
 
 use tcpx::net::abi::{
@@ -289,6 +295,53 @@ pub enum Comm {
     Recv(RecvComm),
 }
 
+/// The first-call INFO lines of a comm, each logged once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FirstCall {
+    /// The first `isend`.
+    Isend,
+    /// The first `irecv`.
+    Irecv,
+    /// The first `test`.
+    Test,
+    /// The first request `test` reported done.
+    Done,
+    /// The first `irecvConsumed`.
+    Consumed,
+}
+
+impl FirstCall {
+    fn bit(self) -> u8 {
+        match self {
+            FirstCall::Isend => 1,
+            FirstCall::Irecv => 2,
+            FirstCall::Test => 4,
+            FirstCall::Done => 8,
+            FirstCall::Consumed => 16,
+        }
+    }
+}
+
+/// Which [`FirstCall`]s a comm has logged.
+#[derive(Debug, Default)]
+pub struct FirstCalls(AtomicU8);
+
+impl FirstCalls {
+    /// True exactly once per `c`: the first time it is asked.
+    pub fn first(&self, c: FirstCall) -> bool {
+        self.0.fetch_or(c.bit(), Ordering::Relaxed) & c.bit() == 0
+    }
+}
+
+fn memory_words(m: Option<Memory>) -> String {
+    match m {
+        Some(Memory::Host(_)) => "host memory".to_owned(),
+        Some(Memory::Cuda(r)) => format!("CUDA memory of GPU {}", r.device),
+        None => "unknown registration".to_owned(),
+    }
+}
+
 /// What `sendComm`/`recvComm` point at.
 #[repr(C)]
 #[derive(Debug)]
@@ -297,6 +350,7 @@ pub struct CommObject {
     requests: [RequestHandle; MAX_REQUESTS],
     plugin: Arc<Plugin>,
     inner: Mutex<Comm>,
+    firsts: FirstCalls,
 }
 
 impl CommObject {
@@ -314,6 +368,7 @@ impl CommObject {
             }),
             plugin,
             inner: Mutex::new(comm),
+            firsts: FirstCalls::default(),
         });
         let addr = &*b as *const CommObject as usize;
         for r in &mut b.requests {
@@ -393,10 +448,32 @@ impl CommObject {
         }
     }
 
+    fn addr(&self) -> usize {
+        self as *const CommObject as usize
+    }
+
+    fn info(&self, call: Call, args: core::fmt::Arguments<'_>) {
+        self.plugin.logger.info(log_subsys::NET, call, args);
+    }
+
     /// `isend`; returns the slot.
     pub fn isend(&self, data: usize, size: i32, mhandle: usize) -> Result<usize, SimError> {
         match &mut *self.guard()? {
-            Comm::Send(s) => s.isend(data, size, mhandle),
+            Comm::Send(s) => {
+                let slot = s.isend(data, size, mhandle)?;
+                if self.firsts.first(FirstCall::Isend) {
+                    self.info(
+                        Call::Isend,
+                        format_args!(
+                            "first isend on send comm {:#x}: {size} B at {data:#x} ({}) -> slot \
+                             {slot}",
+                            self.addr(),
+                            memory_words(s.memory_of(mhandle))
+                        ),
+                    );
+                }
+                Ok(slot)
+            }
             Comm::Recv(_) => Err(SimError::BadComm {
                 expected: CommKind::Send,
             }),
@@ -406,32 +483,94 @@ impl CommObject {
     /// `irecv` (n = 1); returns the slot.
     pub fn irecv(&self, data: usize, size: i32, mhandle: usize) -> Result<usize, SimError> {
         match &mut *self.guard()? {
-            Comm::Recv(r) => r.irecv(data, size, mhandle),
+            Comm::Recv(r) => {
+                let slot = r.irecv(data, size, mhandle)?;
+                if self.firsts.first(FirstCall::Irecv) {
+                    self.info(
+                        Call::Irecv,
+                        format_args!(
+                            "first irecv on recv comm {:#x}: up to {size} B at {data:#x} ({}) -> \
+                             slot {slot} (unpack slot {slot})",
+                            self.addr(),
+                            memory_words(r.memory_of(mhandle))
+                        ),
+                    );
+                }
+                Ok(slot)
+            }
             Comm::Send(_) => Err(SimError::BadComm {
                 expected: CommKind::Recv,
             }),
         }
     }
 
-    /// `test` on the request in `slot`; logs the WARN a receive raised meanwhile (a receive
-    /// starved of bounce pages).
+    /// `test` on the request in `slot`; logs the WARN the comm raised meanwhile (a request
+    /// pending too long, a receive starved of bounce pages) and the first-call INFO lines.
     pub fn test(&self, slot: usize) -> Result<bool, SimError> {
-        match &mut *self.guard()? {
-            Comm::Send(s) => s.test(slot),
+        let mut g = self.guard()?;
+        let (kind, done, warning) = match &mut *g {
+            Comm::Send(s) => {
+                let done = s.test(slot);
+                ("send", done, s.take_warning())
+            }
             Comm::Recv(r) => {
                 let done = r.test(slot);
-                if let Some(w) = r.take_warning() {
-                    self.plugin.logger.warn(Call::Test, format_args!("{w}"));
-                }
-                done
+                ("recv", done, r.take_warning())
             }
+        };
+        if let Some(w) = warning {
+            self.plugin.logger.warn(Call::Test, format_args!("{w}"));
         }
+        let done = done?;
+        if self.firsts.first(FirstCall::Test) {
+            self.info(
+                Call::Test,
+                format_args!(
+                    "first test on {kind} comm {:#x}: slot {slot} {}",
+                    self.addr(),
+                    if done { "done" } else { "pending" }
+                ),
+            );
+        }
+        if done && self.firsts.first(FirstCall::Done) {
+            let what = match &*g {
+                Comm::Send(s) => match s.last_done() {
+                    Some((sl, n)) => format!("send done on slot {sl}: {n} B"),
+                    None => "send done".to_owned(),
+                },
+                Comm::Recv(r) => match r.last_done() {
+                    Some((sl, n, f)) => format!(
+                        "receive done on slot {sl}: {n} B, cnt[{sl}] = {f} fragments published"
+                    ),
+                    None => "receive done".to_owned(),
+                },
+            };
+            self.info(
+                Call::Test,
+                format_args!("first {what} (comm {:#x})", self.addr()),
+            );
+        }
+        Ok(done)
     }
 
     /// `irecvConsumed` on the request in `slot`.
     pub fn consumed(&self, slot: usize) -> Result<(), SimError> {
         match &mut *self.guard()? {
-            Comm::Recv(r) => r.consumed(slot),
+            Comm::Recv(r) => {
+                // Logged before the call: releasing device bounce pages waits for a poison
+                // kernel, and a log that ends here says that wait never returned.
+                if self.firsts.first(FirstCall::Consumed) {
+                    self.info(
+                        Call::IrecvConsumed,
+                        format_args!(
+                            "first irecvConsumed on recv comm {:#x}: slot {slot}, releasing its \
+                             bounce pages",
+                            self.addr()
+                        ),
+                    );
+                }
+                r.consumed(slot)
+            }
             Comm::Send(_) => Err(SimError::ConsumedInvalid { slot }),
         }
     }
@@ -455,5 +594,23 @@ pub fn report(logger: Option<Logger>, call: Call, r: Result<(), SimError>) -> Nc
             }
             e.rc()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_first_call_is_reported_once() {
+        let f = FirstCalls::default();
+        assert!(f.first(FirstCall::Isend));
+        assert!(!f.first(FirstCall::Isend));
+        assert!(f.first(FirstCall::Test));
+        assert!(f.first(FirstCall::Done));
+        assert!(!f.first(FirstCall::Test));
+        assert!(f.first(FirstCall::Consumed));
+        assert!(f.first(FirstCall::Irecv));
+        assert!(!f.first(FirstCall::Irecv));
     }
 }

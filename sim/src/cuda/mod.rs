@@ -5,9 +5,9 @@
 //! |---|---|---|
 //! | device handle | 24 B `{meta, bounce_buf, head = u64::MAX}` in device memory (`cuMemAlloc`), its device address in `NetDeviceHandle::handle` | [`queue`] |
 //! | metadata | the comm's `netUnpackMeta` in pinned, device-mapped memory (`cuMemHostAlloc(DEVICEMAP \| PORTABLE)`) | [`queue`] |
-//! | bounce pool | one per GPU per process, device memory shared by its recv comms (`TCPX_SIM_BOUNCE_BYTES`, default 512 MiB); pages handed out FIFO | [`pool`], [`crate::pages`] |
-//! | CUDA receive | chunks read into pinned staging by the helpers and scattered as shuffled 4 KiB pages into the pool; fragments in `mem[slot]`, `cnt[slot]` last; the irecv buffer is never written — the driver must unpack | [`queue`], [`stager`] |
-//! | irecvConsumed | the receive's pages are poisoned (`0xdb`) and freed; a pool without free pages makes receives wait (WARN after 10 s) | [`queue`], [`crate::comm`] |
+//! | bounce pool | one per GPU per process, shared by its recv comms (`TCPX_SIM_BOUNCE_BYTES`, default 512 MiB); device memory, or pinned device-mapped host memory with `TCPX_SIM_BOUNCE_MEM=host`; pages handed out FIFO | [`pool`], [`crate::pages`] |
+//! | CUDA receive | chunks read into pinned staging by the helpers and scattered as shuffled 4 KiB pages into the pool by a kernel (host pool: read straight into the pages, no GPU work); fragments in `mem[slot]`, `cnt[slot]` last; the irecv buffer is never written — the driver must unpack | [`queue`], [`stager`] |
+//! | irecvConsumed | the receive's pages are poisoned (`0xdb`; kernel, or CPU for a host pool) and freed; a pool without free pages makes receives wait (WARN after 10 s) | [`queue`], [`crate::comm`] |
 //! | CUDA send | device→host copy into pinned staging, then the socket (TCPX's zero-copy devmem TX, emulated) | [`stager`] |
 //! | regMr(CUDA) | TCPX's checks (`NCCL_USE_DMA_BUF`, 4096 alignment), then: both ends of the range are device memory of one GPU | [`driver::device_of`] |
 //! | host buffers | unchanged: host sends/receives move bytes directly, `cnt = 0` | [`crate::comm`] |
@@ -47,7 +47,7 @@ use std::sync::Arc;
 use tcpx::net::abi::log_subsys;
 
 use crate::bounce::{CudaRegistration, DeviceIo, DeviceMemory, Stager, UnpackQueue};
-use crate::config::Config;
+use crate::config::{BounceMem, Config};
 use crate::error::SimError;
 use crate::log::{Call, Logger};
 use pool::GpuPool;
@@ -71,6 +71,7 @@ impl DeviceIo for CudaSendIo {
 #[derive(Debug)]
 pub struct CudaMemory {
     bounce_bytes: usize,
+    bounce_mem: BounceMem,
     comms: AtomicU64,
 }
 
@@ -83,13 +84,18 @@ impl CudaMemory {
             log_subsys::INIT | log_subsys::NET,
             Call::Init,
             format_args!(
-                "CUDA mode: {n} GPUs; each GPU's bounce pool is {} MiB (TCPX_SIM_BOUNCE_BYTES), \
-                 created by its first accept",
-                cfg.bounce_bytes >> 20
+                "CUDA mode: {n} GPUs; each GPU's bounce pool is {} MiB (TCPX_SIM_BOUNCE_BYTES) of \
+                 {} memory (TCPX_SIM_BOUNCE_MEM), created by its first accept",
+                cfg.bounce_bytes >> 20,
+                match cfg.bounce_mem {
+                    BounceMem::Device => "device",
+                    BounceMem::Host => "pinned host",
+                }
             ),
         );
         Ok(CudaMemory {
             bounce_bytes: cfg.bounce_bytes,
+            bounce_mem: cfg.bounce_mem,
             comms: AtomicU64::new(0),
         })
     }
@@ -131,7 +137,7 @@ impl DeviceMemory for CudaMemory {
                 0
             }
         };
-        let pool = GpuPool::for_device(device, self.bounce_bytes, log)?;
+        let pool = GpuPool::for_device(device, self.bounce_bytes, self.bounce_mem, log)?;
         let seed = self.comms.fetch_add(1, Ordering::Relaxed);
         let q = CudaUnpackQueue::new(pool, seed)?;
         log.info(

@@ -12,9 +12,9 @@
 //! Per receive in slot `s`: [`UnpackQueue::place`] takes the pages of each chunk (shuffled with
 //! the comm's [`Shuffler`]) and writes its fragments to `mem[s][first..]` before the chunk goes to
 //! a helper; [`UnpackQueue::publish`] writes `cnt[s]` last (release); [`UnpackQueue::release`]
-//! (irecvConsumed) poisons the pages with a kernel, waits for it, and only then frees them — so a
-//! page is never reused while a poison write is pending, and a driver that consumed before its
-//! unpack finished reads `0xdb`.
+//! (irecvConsumed) poisons the pages — with a kernel it waits for (device pool) or the CPU (host
+//! pool) — and only then frees them, so a page is never reused while a poison write is pending,
+//! and a driver that consumed before its unpack finished reads `0xdb`.
 //!
 //! Invariants:
 //! * `placed[s]` counts the fragments written for the receive in slot `s`; place, publish and
@@ -27,7 +27,8 @@
 //! # fn demo(log: &tcpx_sim::log::Logger) -> Result<(), tcpx_sim::error::SimError> {
 //! use tcpx_sim::bounce::UnpackQueue;
 //! use tcpx_sim::cuda::{pool::GpuPool, queue::CudaUnpackQueue};
-//! let mut q = CudaUnpackQueue::new(GpuPool::for_device(0, 64 << 20, log)?, 1)?;
+//! let pool = GpuPool::for_device(0, 64 << 20, tcpx_sim::config::BounceMem::Device, log)?;
+//! let mut q = CudaUnpackQueue::new(pool, 1)?;
 //! let chunk = q.place(0, 0, 0, 10_000)?.expect("free pages");
 //! assert_eq!(chunk.nfrags, 3);
 //! # Ok(()) }
@@ -42,24 +43,40 @@ use tcpx::net::abi::{
 
 use super::driver::{DeviceBuf, Entered, PinnedBuf, Stream};
 use super::pool::GpuPool;
-use super::stager::CudaStager;
+use super::stager::{CudaStager, HostPoolStager};
 use crate::bounce::{store_count, DeviceIo, StagedChunk, Stager, UnpackQueue};
+use crate::config::BounceMem;
 use crate::error::SimError;
 use crate::pages::{chunk_fragments, pages_for, Shuffler, PAGE};
 
-/// Helper-thread I/O of a CUDA recv comm: scatter into its GPU's pool.
+/// Helper-thread I/O of a CUDA recv comm: into its GPU's pool — staged and scattered by a
+/// kernel (device pool), or read straight into the pages (host pool).
 #[derive(Debug)]
 pub struct CudaRecvIo {
     pool: Arc<GpuPool>,
+    /// The comm's metadata: host address, device address, bytes (for [`HostPoolStager`]).
+    meta_host: usize,
+    meta_dev: u64,
+    meta_len: usize,
 }
 
 impl DeviceIo for CudaRecvIo {
     fn stager(&self) -> Result<Box<dyn Stager>, SimError> {
-        let device = self.pool.ctx().device;
-        Ok(Box::new(CudaStager::new(
-            Some(Arc::clone(&self.pool)),
-            device,
-        )?))
+        match self.pool.kind() {
+            BounceMem::Device => {
+                let device = self.pool.ctx().device;
+                Ok(Box::new(CudaStager::new(
+                    Some(Arc::clone(&self.pool)),
+                    device,
+                )?))
+            }
+            BounceMem::Host => Ok(Box::new(HostPoolStager::new(
+                Arc::clone(&self.pool),
+                self.meta_host,
+                self.meta_dev,
+                self.meta_len,
+            )?)),
+        }
     }
 }
 
@@ -96,6 +113,9 @@ impl CudaUnpackQueue {
         Ok(CudaUnpackQueue {
             io: Arc::new(CudaRecvIo {
                 pool: Arc::clone(&pool),
+                meta_host: meta.host() as usize,
+                meta_dev: meta.dev(),
+                meta_len: meta.len(),
             }),
             pool,
             meta,
@@ -196,6 +216,14 @@ impl UnpackQueue for CudaUnpackQueue {
             return Err(bug("released fragment count differs from the placed one"));
         }
         if count == 0 {
+            return Ok(());
+        }
+        if self.pool.kind() == BounceMem::Host {
+            // SAFETY: the pages of this receive's `count` fragments are this comm's until the
+            // free below, and irecvConsumed says the driver finished reading them.
+            unsafe { self.pool.poison_host(self.pages_of(slot, count)) }?;
+            self.pool.free(self.pages_of(slot, count))?;
+            self.placed[slot] = 0;
             return Ok(());
         }
         let frags = self.meta.dev() + Self::frag_offset(slot, 0) as u64;
