@@ -18,7 +18,7 @@ env LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" NCCL_NET_PLUGIN=
   NCCL_SOCKET_NTHREADS=1 NCCL_GPUDIRECTTCPX_SOCKET_IFNAME=lo TCPX_SIM_CUDA=1 NCCL_P2P_DISABLE=1 \
   NCCL_SHM_DISABLE=1 NCCL_NVLS_ENABLE=0 NCCL_P2P_PXN_LEVEL=0 NCCL_IB_DISABLE=1 NCCL_PROTO=Simple \
   NCCL_SOCKET_IFNAME=lo NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,NET \
-  timeout 240 python3 scripts/gpu/nccl_sendrecv.py run --label tcpx-sim --sizes "$sizes" \
+  timeout "${NCCL_TIMEOUT:-240}" python3 scripts/gpu/nccl_sendrecv.py run --label tcpx-sim --sizes "$sizes" \
   --warmup 2 --iters 5 --json "$out/nccl-tcpx-sim.json" >"$out/nccl-tcpx-sim.log" 2>&1
 rc=$?
 grep -E "^ *tcpx-sim " "$out/nccl-tcpx-sim.log"
