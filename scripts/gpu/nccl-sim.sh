@@ -2,7 +2,9 @@
 # NCCL send/recv GPU 0 -> GPU 1 on ONE host (the 2-GPU machine), PyTorch + NCCL, three
 # configurations in one command, every received byte checked:
 #
-#   1. tcpx-sim     NCCL loads tcpx-sim (CUDA mode) as its net plugin; P2P and SHM off, so the
+#   1. tcpx-sim     NCCL loads tcpx-sim (CUDA mode, host-memory bounce pool: with the device
+#                   pool the sim's own CUDA work queues behind NCCL's persistent kernel and NCCL
+#                   hangs, see sim/README.md) as its net plugin; P2P and SHM off, so the
 #                   bytes go GPU -> tcpx-sim -> loopback TCP -> bounce pool -> NCCL's unpack.
 #                   Fails unless NCCL's log shows the plugin loaded and used with GPU buffers.
 #   2. socket-best  NCCL's built-in socket transport over lo, best of
@@ -116,7 +118,7 @@ ln -s "$(readlink -f "$plugin")" "$libdir/libnccl-net-tcpxsim.so"
 sim_env=(
   LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   NCCL_NET_PLUGIN=tcpxsim NCCL_NET=tcpx-sim_v7
-  NCCL_NET_GDR_LEVEL=SYS NCCL_NET_GDR_READ=1
+  NCCL_NET_GDR_LEVEL=SYS NCCL_NET_GDR_READ=0 TCPX_SIM_BOUNCE_MEM=host
   NCCL_DYNAMIC_CHUNK_SIZE=524288 NCCL_P2P_NET_CHUNKSIZE=524288 NCCL_BUFFSIZE=4194304
   NCCL_NSOCKS_PERTHREAD="${SIM_NSOCKS:-4}" NCCL_SOCKET_NTHREADS="${SIM_NTHREADS:-1}"
   NCCL_GPUDIRECTTCPX_SOCKET_IFNAME=lo TCPX_SIM_CUDA=1
