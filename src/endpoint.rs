@@ -236,6 +236,27 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// The connection a successful setup made; after a failed one, tell the peer why.
+    fn from_setup(
+        mut control: Control,
+        direction: Direction,
+        setup: Result<Established, Error>,
+    ) -> Result<Self, Error> {
+        match setup {
+            Ok(e) => Ok(Self {
+                id: e.id,
+                direction,
+                agreement: e.agreement,
+                nics: e.nics,
+                control,
+            }),
+            Err(e) => {
+                control.send_error(codec::error_code::UNSPECIFIED, &e.to_string());
+                Err(e)
+            }
+        }
+    }
+
     /// The id to post transfers with.
     pub fn id(&self) -> ConnId {
         self.id
@@ -418,19 +439,8 @@ impl Endpoint {
         deadline: Instant,
     ) -> Result<Connection, Error> {
         let mut control = listener.accept(deadline)?;
-        match self.serve_on(&mut control, deadline) {
-            Ok(e) => Ok(Connection {
-                id: e.id,
-                direction: Direction::Recv,
-                agreement: e.agreement,
-                nics: e.nics,
-                control,
-            }),
-            Err(e) => {
-                control.send_error(codec::error_code::UNSPECIFIED, &e.to_string());
-                Err(e)
-            }
-        }
+        let setup = self.serve_on(&mut control, deadline);
+        Connection::from_setup(control, Direction::Recv, setup)
     }
 
     fn serve_on(&mut self, control: &mut Control, deadline: Instant) -> Result<Established, Error> {
@@ -453,12 +463,6 @@ impl Endpoint {
             .map_err(BootstrapError::Encode)?;
         control.send(&Message::Handles(msg), deadline)?;
         let comms = ChannelManager::server_accept_all(listens, deadline)?;
-        let id = self.add_conn(
-            Direction::Recv,
-            comms.into_iter().map(Comm::Recv).collect(),
-            plan,
-        )?;
-        control.barrier(0, deadline)?;
         let agreement = Agreement {
             peer_gpu: hello.gpu,
             channels,
@@ -466,6 +470,33 @@ impl Endpoint {
             bytes: hello.bytes,
             iters: hello.iters,
         };
+        let comms = comms.into_iter().map(Comm::Recv).collect();
+        self.establish(
+            control,
+            &cm,
+            Direction::Recv,
+            comms,
+            plan,
+            agreement,
+            deadline,
+        )
+    }
+
+    /// Hand the comms to the progress thread, then meet the peer at a barrier (both sides'
+    /// channels exist before either posts).
+    #[allow(clippy::too_many_arguments)]
+    fn establish(
+        &mut self,
+        control: &mut Control,
+        cm: &ChannelManager,
+        direction: Direction,
+        comms: Vec<Comm>,
+        plan: PlanConfig,
+        agreement: Agreement,
+        deadline: Instant,
+    ) -> Result<Established, Error> {
+        let id = self.add_conn(direction, comms, plan)?;
+        control.barrier(0, deadline)?;
         let nics = cm
             .nics()
             .iter()
@@ -488,19 +519,8 @@ impl Endpoint {
         deadline: Instant,
     ) -> Result<Connection, Error> {
         let mut control = Control::connect(addr, deadline)?;
-        match self.connect_on(&mut control, bytes, iters, deadline) {
-            Ok(e) => Ok(Connection {
-                id: e.id,
-                direction: Direction::Send,
-                agreement: e.agreement,
-                nics: e.nics,
-                control,
-            }),
-            Err(e) => {
-                control.send_error(codec::error_code::UNSPECIFIED, &e.to_string());
-                Err(e)
-            }
-        }
+        let setup = self.connect_on(&mut control, bytes, iters, deadline);
+        Connection::from_setup(control, Direction::Send, setup)
     }
 
     fn connect_on(
@@ -530,12 +550,6 @@ impl Endpoint {
             &self.config.nics,
         )?;
         let comms = cm.client_connect_all(h.handles(), deadline)?;
-        let id = self.add_conn(
-            Direction::Send,
-            comms.into_iter().map(Comm::Send).collect(),
-            plan,
-        )?;
-        control.barrier(0, deadline)?;
         let agreement = Agreement {
             peer_gpu: h.gpu,
             channels: h.channels(),
@@ -543,16 +557,16 @@ impl Endpoint {
             bytes: h.bytes,
             iters: h.iters,
         };
-        let nics = cm
-            .nics()
-            .iter()
-            .map(|&d| (d, cm.nic_name(d).to_owned()))
-            .collect();
-        Ok(Established {
-            id,
+        let comms = comms.into_iter().map(Comm::Send).collect();
+        self.establish(
+            control,
+            &cm,
+            Direction::Send,
+            comms,
+            plan,
             agreement,
-            nics,
-        })
+            deadline,
+        )
     }
 
     /// Post a transfer of `len` bytes at `offset` in `buf` on connection `conn` (a send or a
