@@ -656,49 +656,127 @@ fn run_iterations(
 }
 
 /// `--depth D`: D iterations in flight on every side at once, iteration i in buffer i % D.
-/// When iteration i completes on every side it is verified (receivers), its buffer refilled
-/// with iteration i + D's pattern (senders) and i + D is posted, while i + 1 .. i + D − 1 move.
-/// Returns one time per iteration: the interval between successive completions, so the sum is
-/// the wall time from the first post to the last completion.
+/// When iteration i completes on every side, a worker thread checks it (receivers) and writes
+/// iteration i + D's pattern into the same buffers (senders), while the calling thread goes on
+/// waiting for i + 1 …; once that worker is done, i + D is posted. Up to D − 1 workers run at
+/// once, so checking keeps up with the transfers. Returns one time per iteration: the interval
+/// between successive completions (their sum is the wall time from the first post to the last
+/// completion).
 fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Vec<IterTime>, BoxError> {
     let verify_data = !args.no_verify;
     let depth = args.depth.max(1);
     let total = args.warmup + args.iters;
+    // Host buffers, per side and slot, for the worker threads; GPU buffers are checked on the
+    // calling thread (their staging copy is per side).
+    let host: Option<Vec<Vec<Arc<HostBuffer>>>> = sides
+        .iter()
+        .map(|s| {
+            s.buffers
+                .iter()
+                .map(|(b, _)| match b {
+                    Buf::Host(h) => Some(h.clone()),
+                    #[cfg(feature = "cuda")]
+                    Buf::Gpu { .. } => None,
+                })
+                .collect()
+        })
+        .collect();
     let mut ids: Vec<Vec<TransferId>> = vec![Vec::new(); sides.len()];
-    let post =
-        |sides: &mut [Side], ids: &mut [Vec<TransferId>], iter: u32| -> Result<(), BoxError> {
-            for (s, q) in sides.iter_mut().zip(ids.iter_mut()) {
-                s.before(iter, verify_data)?;
-                q.push(s.post(iter, args.size)?);
-            }
-            Ok(())
-        };
     for iter in 0..depth.min(total) {
-        post(sides, &mut ids, iter)?;
+        for (s, q) in sides.iter_mut().zip(ids.iter_mut()) {
+            s.before(iter, verify_data)?;
+            q.push(s.post(iter, args.size)?);
+        }
     }
     let mut times = Vec::new();
     let mut last = Instant::now();
-    for iter in 0..total {
-        let deadline = Instant::now() + args.timeout;
-        for (s, q) in sides.iter_mut().zip(ids.iter()) {
-            s.ep.wait(q[iter as usize], deadline)
-                .map_err(|e| format!("GPU {} iteration {iter}: {e}", s.gpu))?;
+    std::thread::scope(|scope| -> Result<(), BoxError> {
+        type Job<'s> = std::thread::ScopedJoinHandle<'s, Result<Vec<u64>, String>>;
+        let mut jobs: std::collections::VecDeque<(u32, Job<'_>)> = Default::default();
+        // Join the oldest check, apply its checksums, post its buffer's next iteration.
+        let retire = |sides: &mut [Side],
+                      ids: &mut [Vec<TransferId>],
+                      (iter, job): (u32, Job<'_>)|
+         -> Result<(), BoxError> {
+            let sums = job.join().map_err(|_| "a check thread panicked")??;
+            for (s, sum) in sides.iter_mut().zip(sums) {
+                s.checksum = s.checksum.wrapping_add(sum);
+            }
+            let next = iter + depth;
+            if next < total {
+                for (s, q) in sides.iter_mut().zip(ids.iter_mut()) {
+                    q.push(s.post(next, args.size)?);
+                }
+            }
+            Ok(())
+        };
+        for iter in 0..total {
+            let deadline = Instant::now() + args.timeout;
+            for (s, q) in sides.iter_mut().zip(ids.iter()) {
+                s.ep.wait(q[iter as usize], deadline)
+                    .map_err(|e| format!("GPU {} iteration {iter}: {e}", s.gpu))?;
+            }
+            let now = Instant::now();
+            if iter >= args.warmup {
+                times.push(IterTime {
+                    iter: iter - args.warmup,
+                    secs: (now - last).as_secs_f64(),
+                });
+            }
+            last = now;
+            match (&host, verify_data) {
+                (Some(host), true) => {
+                    let slot = (iter % depth) as usize;
+                    let work: Vec<(bool, Arc<HostBuffer>)> = sides
+                        .iter()
+                        .zip(host)
+                        .map(|(s, bufs)| (s.sending, bufs[slot].clone()))
+                        .collect();
+                    let next = iter + depth;
+                    let job = scope.spawn(move || -> Result<Vec<u64>, String> {
+                        work.iter()
+                            .map(|(sending, buf)| {
+                                let mut bytes = buf.lock().map_err(|e| e.to_string())?;
+                                if *sending {
+                                    Ok(if next < total {
+                                        fill(&mut bytes, next)
+                                    } else {
+                                        0
+                                    })
+                                } else {
+                                    let sum = verify(&bytes, iter)?;
+                                    bytes.fill(0xa5); // poisoned for the next iteration
+                                    Ok(sum)
+                                }
+                            })
+                            .collect()
+                    });
+                    jobs.push_back((iter, job));
+                    if jobs.len() >= depth.saturating_sub(1).max(1) as usize {
+                        if let Some(oldest) = jobs.pop_front() {
+                            retire(sides, &mut ids, oldest)?;
+                        }
+                    }
+                }
+                _ => {
+                    // Unverified, or GPU buffers: check (if asked) and repost on this thread.
+                    for s in sides.iter_mut() {
+                        s.after(iter, verify_data)?;
+                    }
+                    if iter + depth < total {
+                        for (s, q) in sides.iter_mut().zip(ids.iter_mut()) {
+                            s.before(iter + depth, verify_data)?;
+                            q.push(s.post(iter + depth, args.size)?);
+                        }
+                    }
+                }
+            }
         }
-        for s in sides.iter_mut() {
-            s.after(iter, verify_data)?;
+        while let Some(oldest) = jobs.pop_front() {
+            retire(sides, &mut ids, oldest)?;
         }
-        if iter + depth < total {
-            post(sides, &mut ids, iter + depth)?;
-        }
-        let now = Instant::now();
-        if iter >= args.warmup {
-            times.push(IterTime {
-                iter: iter - args.warmup,
-                secs: (now - last).as_secs_f64(),
-            });
-        }
-        last = now;
-    }
+        Ok(())
+    })?;
     if !args.json {
         println!(
             "{total} iterations, {depth} in flight (per-iteration times are completion intervals)"
