@@ -1060,29 +1060,10 @@ mod tests {
     use crate::conn::{self, ListenComm};
     use crate::helper::Phase;
     use crate::hostmem::region_of;
-    use crate::nic::Nic;
-    use std::ffi::CString;
     use std::time::{Duration, Instant};
 
     fn links(nsocks: usize, nthreads: usize) -> (Link, Link) {
-        let cfg = Config {
-            chunk_size: 4096,
-            nsocks,
-            nthreads,
-            flow_steering_wait: Duration::ZERO,
-            use_dma_buf: true,
-            nics: vec![Nic {
-                name: CString::new("lo").unwrap(),
-                addr: "127.0.0.1".parse().unwrap(),
-                pci_path: None,
-                speed_mbps: 10_000,
-                is_virtual: false,
-            }],
-            ctrl_addr: None,
-            cuda: crate::config::CudaMode::Off,
-            bounce_bytes: crate::config::DEFAULT_BOUNCE_BYTES,
-            bounce_mem: crate::config::BounceMem::Device,
-        };
+        let cfg = Config::loopback_for_tests(nsocks, nthreads);
         let (mut l, mut h) = ListenComm::new(&cfg, 0).unwrap();
         let t0 = Instant::now();
         let (mut s, mut r) = (None, None);

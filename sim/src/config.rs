@@ -147,6 +147,30 @@ fn int_flag(
 }
 
 impl Config {
+    /// A host-mode configuration on `lo` with `nsocks` data sockets and `nthreads` helper
+    /// threads per comm and 4 KiB chunks, for unit tests of comms and connections.
+    #[cfg(test)]
+    pub(crate) fn loopback_for_tests(nsocks: usize, nthreads: usize) -> Config {
+        Config {
+            chunk_size: 4096,
+            nsocks,
+            nthreads,
+            flow_steering_wait: Duration::ZERO,
+            use_dma_buf: true,
+            nics: vec![Nic {
+                name: std::ffi::CString::new("lo").unwrap_or_default(),
+                addr: IpAddr::from([127, 0, 0, 1]),
+                pci_path: None,
+                speed_mbps: 10_000,
+                is_virtual: false,
+            }],
+            ctrl_addr: None,
+            cuda: CudaMode::Off,
+            bounce_bytes: DEFAULT_BOUNCE_BYTES,
+            bounce_mem: BounceMem::Device,
+        }
+    }
+
     /// Reads the configuration through `env` (the process environment in `init`; a map in tests),
     /// discovering real interfaces with `getifaddrs` when no virtual NICs are configured.
     pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Config, SimError> {

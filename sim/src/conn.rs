@@ -448,28 +448,9 @@ pub fn connect(cfg: &Config, dev: usize, handle: &mut NetHandle) -> Result<Optio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nic::Nic;
-    use std::ffi::CString;
 
     fn cfg(nsocks: usize, nthreads: usize) -> Config {
-        Config {
-            chunk_size: 4096,
-            nsocks,
-            nthreads,
-            flow_steering_wait: Duration::ZERO,
-            use_dma_buf: true,
-            nics: vec![Nic {
-                name: CString::new("lo").unwrap(),
-                addr: "127.0.0.1".parse().unwrap(),
-                pci_path: None,
-                speed_mbps: 10_000,
-                is_virtual: false,
-            }],
-            ctrl_addr: None,
-            cuda: crate::config::CudaMode::Off,
-            bounce_bytes: crate::config::DEFAULT_BOUNCE_BYTES,
-            bounce_mem: crate::config::BounceMem::Device,
-        }
+        Config::loopback_for_tests(nsocks, nthreads)
     }
 
     fn establish(cfg: &Config) -> (Link, Link, NetHandle) {
