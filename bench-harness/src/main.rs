@@ -16,6 +16,7 @@
 use clap::{Parser, Subcommand};
 
 mod core_bench;
+mod cpu;
 mod engine_bench;
 mod transfer;
 #[cfg(feature = "cuda")]

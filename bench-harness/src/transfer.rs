@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+use crate::cpu;
 use tcpx::bootstrap::{port_for, BootstrapListener};
 use tcpx::channel::NicSelection;
 use tcpx::core::codec::Done;
@@ -494,6 +496,12 @@ fn gpu_buffer(_ep: &Endpoint, _len: usize) -> Result<Buf, BoxError> {
     Err("--mem gpu needs a build with `--features cuda`".into())
 }
 
+/// The timed iterations of a run and where the CPU went meanwhile ([`cpu::report`]).
+struct Timed {
+    times: Vec<IterTime>,
+    cpu: Value,
+}
+
 /// Timing of one iteration.
 #[derive(Clone, Copy, Debug)]
 struct IterTime {
@@ -607,12 +615,16 @@ fn run_iterations(
     args: &TransferArgs,
     sides: &mut [Side],
     mut sync: impl FnMut(&mut [Side], u32) -> Result<(), BoxError>,
-) -> Result<Vec<IterTime>, BoxError> {
+) -> Result<Timed, BoxError> {
     let verify_data = !args.no_verify;
     let total = args.warmup + args.iters;
     let mut times = Vec::new();
     let mut last_report = Instant::now();
+    let mut cpu_start = cpu::Snapshot::take();
     for iter in 0..total {
+        if iter == args.warmup {
+            cpu_start = cpu::Snapshot::take();
+        }
         for s in sides.iter_mut() {
             s.before(iter, verify_data)?;
         }
@@ -652,7 +664,10 @@ fn run_iterations(
             times.push(it);
         }
     }
-    Ok(times)
+    Ok(Timed {
+        times,
+        cpu: cpu::report(&cpu_start, &cpu::Snapshot::take()),
+    })
 }
 
 /// `--depth D`: D iterations in flight on every side at once, iteration i in buffer i % D.
@@ -662,7 +677,7 @@ fn run_iterations(
 /// once, so checking keeps up with the transfers. Returns one time per iteration: the interval
 /// between successive completions (their sum is the wall time from the first post to the last
 /// completion).
-fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Vec<IterTime>, BoxError> {
+fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxError> {
     let verify_data = !args.no_verify;
     let depth = args.depth.max(1);
     let total = args.warmup + args.iters;
@@ -690,6 +705,7 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Vec<IterTime
     }
     let mut times = Vec::new();
     let mut last = Instant::now();
+    let cpu_start = cpu::Snapshot::take();
     std::thread::scope(|scope| -> Result<(), BoxError> {
         type Job<'s> = std::thread::ScopedJoinHandle<'s, Result<Vec<u64>, String>>;
         let mut jobs: std::collections::VecDeque<(u32, Job<'_>)> = Default::default();
@@ -782,7 +798,10 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Vec<IterTime
             "{total} iterations, {depth} in flight (per-iteration times are completion intervals)"
         );
     }
-    Ok(times)
+    Ok(Timed {
+        times,
+        cpu: cpu::report(&cpu_start, &cpu::Snapshot::take()),
+    })
 }
 
 fn finish(sides: &mut [Side], args: &TransferArgs) -> Result<Vec<Value>, BoxError> {
@@ -810,11 +829,12 @@ fn finish(sides: &mut [Side], args: &TransferArgs) -> Result<Vec<Value>, BoxErro
 fn print_report(
     args: &TransferArgs,
     mode: &str,
-    times: &[IterTime],
+    run: &Timed,
     pairs: u64,
     reports: Vec<Value>,
     extra: Value,
 ) {
+    let times = &run.times;
     let summary = summarize(times, args.size * pairs);
     let out = json!({
         "bench": mode,
@@ -829,6 +849,7 @@ fn print_report(
         "summary": summary,
         "iterations": times.iter().map(|t| json!({"iter": t.iter, "ms": t.secs * 1e3})).collect::<Vec<_>>(),
         "endpoints": reports,
+        "cpu": run.cpu,
         "extra": extra,
     });
     if args.json {
@@ -873,6 +894,9 @@ fn print_report(
                 n["sysfs_rx_bytes"]
             );
         }
+    }
+    for line in cpu::lines(&run.cpu) {
+        println!("{line}");
     }
 }
 

@@ -552,6 +552,11 @@ impl SendComm {
         self.reqs.live()
     }
 
+    /// What each helper thread did over the comm's life (INFO at close).
+    pub fn helper_summary(&self) -> String {
+        self.helpers.time_summary()
+    }
+
     /// The WARN TCPX-like close would print, if any.
     pub fn close_warning(&self) -> Option<String> {
         let n = self.reqs.live();
@@ -886,6 +891,11 @@ impl RecvComm {
     /// Receives posted and not yet consumed.
     pub fn outstanding(&self) -> usize {
         self.reqs.live()
+    }
+
+    /// What each helper thread did over the comm's life (INFO at close).
+    pub fn helper_summary(&self) -> String {
+        self.helpers.time_summary()
     }
 
     /// The WARN TCPX prints at close when receives were not consumed.

@@ -23,7 +23,7 @@ use core::ffi::{c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use tcpx::net::abi::{
-    net_device_type, DebugLogger, NcclResult, NetDeviceHandle, NetHandle, NetPluginV7,
+    log_subsys, net_device_type, DebugLogger, NcclResult, NetDeviceHandle, NetHandle, NetPluginV7,
     NetProperties, UnpackNetDeviceHandle, NET_DEVICE_UNPACK_VERSION, PTR_CUDA, PTR_HOST,
 };
 
@@ -76,6 +76,11 @@ fn run_with(
     f: impl FnOnce() -> Result<(), SimError>,
 ) -> NcclResult {
     let r = catch_unwind(AssertUnwindSafe(f)).unwrap_or(Err(SimError::Panic));
+    if r.is_ok() {
+        // The hot path (isend/irecv/test from several progress threads) never touches the
+        // global plugin state: its lock and reference count would bounce between their cores.
+        return NcclResult::SUCCESS;
+    }
     let logger = logger.or_else(|| plugin::current().ok().map(|p| p.logger));
     report(logger, call, r)
 }
@@ -492,6 +497,11 @@ unsafe fn close_comm(call: Call, comm: *mut c_void, kind: CommKind) -> NcclResul
         }
         if let Some(w) = c.close_warning() {
             c.plugin().logger.warn(call, format_args!("{w}"));
+        }
+        if let Some(i) = c.close_summary() {
+            c.plugin()
+                .logger
+                .info(log_subsys::NET, call, format_args!("{i}"));
         }
         // SAFETY: `comm` came from `Box::into_raw` in connect/accept, is live (magic checked) and
         // unused by other threads (lock checked); after this call the caller no longer uses it.

@@ -189,6 +189,9 @@ impl PhaseCell {
 struct Shared {
     completed: Vec<AtomicU64>,
     phases: Vec<PhaseCell>,
+    /// Per thread: tasks moved, ns waiting for a task, ns moving bytes (relaxed; for the
+    /// summary at close).
+    clocks: Vec<[AtomicU64; 3]>,
     failed: AtomicBool,
     stopping: AtomicBool,
     error: Mutex<Option<SimError>>,
@@ -245,6 +248,7 @@ impl Helpers {
         let shared = Arc::new(Shared {
             completed: (0..nsocks).map(|_| AtomicU64::new(0)).collect(),
             phases: (0..nthreads).map(|_| PhaseCell::new()).collect(),
+            clocks: (0..nthreads).map(|_| Default::default()).collect(),
             failed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             error: Mutex::new(None),
@@ -326,6 +330,29 @@ impl Helpers {
                 p.describe(),
                 d,
                 socks.join(" ")
+            );
+        }
+        out
+    }
+
+    /// One line per helper thread: chunks moved and how its time since the start went —
+    /// waiting for `test` to queue a chunk, or inside socket (and CUDA) calls — for the INFO
+    /// line at close. A helper that mostly waits for chunks points at the driver's `test`
+    /// cadence; one that is mostly inside socket calls at the socket or its peer.
+    pub fn time_summary(&self) -> String {
+        let mut out = String::new();
+        for (t, c) in self.shared.clocks.iter().enumerate() {
+            let [tasks, wait, moving] = c.each_ref().map(|a| a.load(Ordering::Relaxed));
+            let total = (wait + moving).max(1) as f64;
+            let _ = write!(
+                out,
+                "{}{}: {tasks} chunks, {:.0} % waiting for a chunk, {:.0} % in socket/CUDA calls \
+                 ({:.2} s)",
+                if t > 0 { "; " } else { "" },
+                self.thread_name(t),
+                wait as f64 * 100.0 / total,
+                moving as f64 * 100.0 / total,
+                total / 1e9
             );
         }
         out
@@ -443,9 +470,21 @@ fn run(
                 return;
             }
         }
+        let no_clocks: [AtomicU64; 3] = Default::default();
+        let clocks = shared.clocks.get(t).unwrap_or(&no_clocks);
+        let add = |i: usize, since: Instant| {
+            let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            clocks[i].fetch_add(ns, Ordering::Relaxed);
+        };
+        let mut since = Instant::now();
         loop {
             phase.set(Phase::Idle);
             let Ok(task) = rx.recv() else { break };
+            // Waiting counts from the first task on: before it the comm was being set up.
+            if clocks[0].load(Ordering::Relaxed) > 0 {
+                add(1, since);
+            }
+            since = Instant::now();
             let Some(sock) = sockets.get(task.sock) else {
                 phase.set(Phase::Failed);
                 shared.fail(SimError::Protocol {
@@ -455,6 +494,9 @@ fn run(
             };
             match move_bytes(dir, task, sock, stager.as_mut(), phase) {
                 Ok(()) => {
+                    add(2, since);
+                    clocks[0].fetch_add(1, Ordering::Relaxed);
+                    since = Instant::now();
                     if let Some(c) = shared.completed.get(task.sock) {
                         c.fetch_add(1, Ordering::Release);
                     }
@@ -530,6 +572,10 @@ mod tests {
         assert!((0..3).all(|s| tx.completed(s) == 2));
         assert_eq!(src, dst);
         assert!(tx.error().is_none() && rx.error().is_none());
+        // Thread 0 serves sockets 0 and 2, thread 1 socket 1.
+        let summary = rx.time_summary();
+        assert!(summary.starts_with("tcpx-sim-rx0: 4 chunks, "), "{summary}");
+        assert!(summary.contains("; tcpx-sim-rx1: 2 chunks, "), "{summary}");
     }
 
     #[test]
