@@ -2001,7 +2001,9 @@ mod tests {
             .isend(src.as_ptr() as usize, src.len() as i32, smh)
             .unwrap();
         let t0 = Instant::now();
-        while send.helpers.phase(0).map(|p| p.0) != Some(Phase::SocketSend) {
+        // Blocked for good once the socket buffers are full: in a write for 100 ms and more.
+        while !matches!(send.helpers.phase(0), Some((Phase::SocketSend, d)) if d > Duration::from_millis(100))
+        {
             assert!(
                 t0.elapsed() < Duration::from_secs(30),
                 "the helper never started"
