@@ -77,11 +77,15 @@ pub struct TransferArgs {
     /// copying — ablation only, refused unless `--no-verify`).
     #[arg(long, env = "UCCL_TCPX_UNPACK_IMPL", default_value = "kernel")]
     pub unpack: String,
-    /// `loopback` only: keep this many iterations in flight, each in its own buffer; finished
-    /// iterations are verified and refilled while the others move (like iperf3, which never
-    /// waits between writes). Throughput is then total bytes over total time.
+    /// `loopback` only: keep this many iterations in flight (like iperf3, which never waits
+    /// between writes). Each has its own buffer; the receiver checks finished ones on
+    /// `--check-threads` worker threads while the next move, in as many spare buffers.
+    /// Throughput is then total bytes over total time.
     #[arg(long, default_value_t = 1)]
     pub depth: u32,
+    /// With `--depth` > 1: threads that check received iterations (default: `--depth`, at most 4).
+    #[arg(long)]
+    pub check_threads: Option<u32>,
     /// Never yield the progress threads' CPUs while waiting (pure spinning).
     #[arg(long, env = "UCCL_TCPX_SPIN")]
     pub spin: bool,
@@ -252,6 +256,23 @@ impl TransferArgs {
         Ok(Some(tcpx::engine::CudaRecvConfig { gpu, unpack }))
     }
 
+    /// `--depth` > 1: iterations in flight, and the receiver's threads that check them.
+    fn pipeline(&self) -> (u32, u32) {
+        let depth = self.depth.max(1);
+        (depth, self.check_threads.unwrap_or(depth.min(4)).max(1))
+    }
+
+    /// Buffers per side: one per iteration in flight, and on a pipelined receiver one more per
+    /// check thread, so checking never holds back the next receive.
+    fn buffers(&self, sending: bool) -> u32 {
+        let (depth, checkers) = self.pipeline();
+        if depth > 1 && !sending && !self.no_verify {
+            depth + checkers
+        } else {
+            depth
+        }
+    }
+
     fn load_plugin(&self) -> Result<Arc<Plugin>, BoxError> {
         let path = self.plugin_path()?;
         self.say(format_args!("loading plugin {}", path.display()));
@@ -318,22 +339,38 @@ fn fill(buf: &mut [u8], iter: u32) -> u64 {
 
 /// Check the pattern of `iter`; returns the checksum, or where the first wrong byte is.
 fn verify(buf: &[u8], iter: u32) -> Result<u64, String> {
-    let mut sum = 0u64;
+    verify_from(buf, iter, 0)
+}
+
+/// [`verify`] of the part of a buffer that starts at word `first` (a partial word may only end
+/// the buffer).
+fn verify_from(buf: &[u8], iter: u32, first: u64) -> Result<u64, String> {
+    // No early exit in the loop, so it vectorizes; the slow search names the first wrong word.
     let mut words = buf.chunks_exact(8);
-    let mut j = 0u64;
-    for w in &mut words {
-        let want = pattern_word(iter, j);
+    let (mut sum, mut bad) = (0u64, 0u64);
+    for (i, w) in (&mut words).enumerate() {
         let got = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-        if got != want {
-            return Err(format!(
-                "iteration {iter}: byte offset {}: got word {got:#018x}, expected {want:#018x}",
-                j * 8
-            ));
-        }
+        bad |= got ^ pattern_word(iter, first + i as u64);
         sum = sum.wrapping_add(got);
-        j += 1;
+    }
+    if bad != 0 {
+        let (j, got) = buf
+            .chunks_exact(8)
+            .enumerate()
+            .map(|(i, w)| {
+                let got = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+                (first + i as u64, got)
+            })
+            .find(|&(j, got)| got != pattern_word(iter, j))
+            .unwrap_or((first, 0));
+        return Err(format!(
+            "iteration {iter}: byte offset {}: got word {got:#018x}, expected {:#018x}",
+            j * 8,
+            pattern_word(iter, j)
+        ));
     }
     let tail = words.remainder();
+    let j = first + (buf.len() / 8) as u64;
     let want = pattern_word(iter, j).to_le_bytes();
     if tail != &want[..tail.len()] {
         return Err(format!(
@@ -342,6 +379,22 @@ fn verify(buf: &[u8], iter: u32) -> Result<u64, String> {
         ));
     }
     Ok(sum.wrapping_add(tail.iter().map(|&b| u64::from(b)).sum::<u64>()))
+}
+
+/// The byte received buffers are overwritten with before a receive, so a chunk that never
+/// lands fails the check.
+const POISON: u8 = 0xa5;
+
+/// [`verify`], overwriting each word with [`POISON`] as it goes (one pass over the buffer), so
+/// the next receive into it must write every byte again.
+fn verify_and_poison(buf: &mut [u8], iter: u32) -> Result<u64, String> {
+    const BLOCK: usize = 4096; // checked while in L1, then overwritten
+    let mut sum = 0u64;
+    for (k, block) in buf.chunks_mut(BLOCK).enumerate() {
+        sum = sum.wrapping_add(verify_from(block, iter, (k * BLOCK / 8) as u64)?);
+        block.fill(POISON);
+    }
+    Ok(sum)
 }
 
 /// The buffer one side sends from or receives into.
@@ -364,6 +417,14 @@ impl Buf {
         }
     }
 
+    fn host(&self) -> Option<&Arc<HostBuffer>> {
+        match self {
+            Buf::Host(b) => Some(b),
+            #[cfg(feature = "cuda")]
+            Buf::Gpu { .. } => None,
+        }
+    }
+
     /// Write the pattern of `iter`; its checksum.
     fn fill(&mut self, iter: u32) -> Result<u64, BoxError> {
         match self {
@@ -380,11 +441,24 @@ impl Buf {
     /// Overwrite with a byte no pattern word is made of, so a chunk that never lands fails.
     fn poison(&mut self) -> Result<(), BoxError> {
         match self {
-            Buf::Host(b) => b.lock()?.fill(0xa5),
+            Buf::Host(b) => b.lock()?.fill(POISON),
             #[cfg(feature = "cuda")]
-            Buf::Gpu { buf, .. } => buf.fill(0xa5)?,
+            Buf::Gpu { buf, .. } => buf.fill(POISON)?,
         }
         Ok(())
+    }
+
+    /// Check the pattern of `iter`, then poison; its checksum.
+    fn verify_and_poison(&mut self, iter: u32) -> Result<u64, String> {
+        match self {
+            Buf::Host(b) => verify_and_poison(&mut b.lock().map_err(|e| e.to_string())?, iter),
+            #[cfg(feature = "cuda")]
+            Buf::Gpu { .. } => {
+                let sum = self.verify(iter)?;
+                self.poison().map_err(|e| e.to_string())?;
+                Ok(sum)
+            }
+        }
     }
 
     /// Check the pattern of `iter`; its checksum.
@@ -405,7 +479,8 @@ struct Side {
     gpu: u32,
     ep: Endpoint,
     conn: Connection,
-    /// One buffer per iteration in flight (`--depth`); iteration i uses `buffers[i % depth]`.
+    /// [`TransferArgs::buffers`] of them: iteration i uses `buffers[i % len]`, except on the
+    /// receiving side of a pipelined run, which takes whichever was checked first.
     buffers: Vec<(Buf, BufferId)>,
     sending: bool,
     checksum: u64,
@@ -421,8 +496,9 @@ impl Side {
     ) -> Result<Self, BoxError> {
         let mut ep = ep;
         let len = usize::try_from(size)?;
+        let sending = conn.direction() == tcpx::endpoint::Direction::Send;
         let mut buffers = Vec::new();
-        for _ in 0..args.depth.max(1) {
+        for _ in 0..args.buffers(sending) {
             let buffer = match args.mem {
                 Mem::Host => Buf::Host(Arc::new(HostBuffer::new(len)?)),
                 Mem::Gpu => gpu_buffer(&ep, len)?,
@@ -430,7 +506,6 @@ impl Side {
             let id = ep.register(buffer.region())?;
             buffers.push((buffer, id));
         }
-        let sending = conn.direction() == tcpx::endpoint::Direction::Send;
         Ok(Self {
             gpu,
             ep,
@@ -460,7 +535,12 @@ impl Side {
     }
 
     fn post(&mut self, iter: u32, size: u64) -> Result<TransferId, BoxError> {
-        let buf = self.slot(iter).1;
+        let n = self.buffers.len();
+        self.post_slot(iter as usize % n, size)
+    }
+
+    fn post_slot(&mut self, slot: usize, size: u64) -> Result<TransferId, BoxError> {
+        let buf = self.buffers[slot].1;
         Ok(self.ep.post(self.conn.id(), buf, 0, size)?)
     }
 
@@ -500,6 +580,9 @@ fn gpu_buffer(_ep: &Endpoint, _len: usize) -> Result<Buf, BoxError> {
 struct Timed {
     times: Vec<IterTime>,
     cpu: Value,
+    /// Iterations per rate in the summary's median/min/max: 1, or `--depth` for a pipelined
+    /// run, whose single completion intervals say little.
+    window: u32,
 }
 
 /// Timing of one iteration.
@@ -517,8 +600,17 @@ fn gbps(bytes: u64, secs: f64) -> f64 {
     }
 }
 
-fn summarize(times: &[IterTime], bytes_per_iter: u64) -> Value {
-    let mut rates: Vec<f64> = times.iter().map(|t| gbps(bytes_per_iter, t.secs)).collect();
+fn summarize(times: &[IterTime], window: u32, bytes_per_iter: u64) -> Value {
+    let w = window.max(1) as usize;
+    let mut rates: Vec<f64> = times
+        .chunks(w)
+        .map(|c| {
+            gbps(
+                bytes_per_iter * c.len() as u64,
+                c.iter().map(|t| t.secs).sum(),
+            )
+        })
+        .collect();
     rates.sort_by(f64::total_cmp);
     let total_secs: f64 = times.iter().map(|t| t.secs).sum();
     let n = rates.len().max(1);
@@ -667,69 +759,143 @@ fn run_iterations(
     Ok(Timed {
         times,
         cpu: cpu::report(&cpu_start, &cpu::Snapshot::take()),
+        window: 1,
     })
 }
 
-/// `--depth D`: D iterations in flight on every side at once, iteration i in buffer i % D.
-/// When iteration i completes on every side, a worker thread checks it (receivers) and writes
-/// iteration i + D's pattern into the same buffers (senders), while the calling thread goes on
-/// waiting for i + 1 …; once that worker is done, i + D is posted. Up to D − 1 workers run at
-/// once, so checking keeps up with the transfers. Returns one time per iteration: the interval
-/// between successive completions (their sum is the wall time from the first post to the last
-/// completion).
+/// `--depth D`: D iterations in flight on every side at once (`loopback`).
+///
+/// * Senders use buffer i % D for iteration i, filled once before the run with the pattern of
+///   seed i % D: a received word from another buffer, iteration slot or offset fails the check.
+/// * A receiver has D + C buffers (C = `--check-threads`), all poisoned first. Iteration i goes
+///   into a free one; once i completes on every side, a check thread verifies it against seed
+///   i % D and poisons it as it goes (one pass), then the buffer is free again. Up to C checks
+///   run while D transfers move; checks finish in any order.
+/// * Unverified runs and GPU buffers skip the check threads (GPU checks run on this thread).
+///
+/// Returns one time per iteration: the interval between successive completions (their sum is
+/// the wall time from the first post to the last completion); the report's rates are over
+/// windows of D completions.
 fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxError> {
+    use std::collections::VecDeque;
+    use std::sync::mpsc;
+
     let verify_data = !args.no_verify;
-    let depth = args.depth.max(1);
+    let (depth, checkers) = args.pipeline();
     let total = args.warmup + args.iters;
-    // Host buffers, per side and slot, for the worker threads; GPU buffers are checked on the
-    // calling thread (their staging copy is per side).
-    let host: Option<Vec<Vec<Arc<HostBuffer>>>> = sides
-        .iter()
-        .map(|s| {
-            s.buffers
-                .iter()
-                .map(|(b, _)| match b {
-                    Buf::Host(h) => Some(h.clone()),
-                    #[cfg(feature = "cuda")]
-                    Buf::Gpu { .. } => None,
-                })
-                .collect()
-        })
-        .collect();
-    let mut ids: Vec<Vec<TransferId>> = vec![Vec::new(); sides.len()];
-    for iter in 0..depth.min(total) {
-        for (s, q) in sides.iter_mut().zip(ids.iter_mut()) {
-            s.before(iter, verify_data)?;
-            q.push(s.post(iter, args.size)?);
-        }
-    }
-    let mut times = Vec::new();
-    let mut last = Instant::now();
-    let cpu_start = cpu::Snapshot::take();
-    std::thread::scope(|scope| -> Result<(), BoxError> {
-        type Job<'s> = std::thread::ScopedJoinHandle<'s, Result<Vec<u64>, String>>;
-        let mut jobs: std::collections::VecDeque<(u32, Job<'_>)> = Default::default();
-        // Join the oldest check, apply its checksums, post its buffer's next iteration.
-        let retire = |sides: &mut [Side],
-                      ids: &mut [Vec<TransferId>],
-                      (iter, job): (u32, Job<'_>)|
-         -> Result<(), BoxError> {
-            let sums = job.join().map_err(|_| "a check thread panicked")??;
-            for (s, sum) in sides.iter_mut().zip(sums) {
-                s.checksum = s.checksum.wrapping_add(sum);
-            }
-            let next = iter + depth;
-            if next < total {
-                for (s, q) in sides.iter_mut().zip(ids.iter_mut()) {
-                    q.push(s.post(next, args.size)?);
+    let host_checks = verify_data && sides.iter().all(|s| s.buffers[0].0.host().is_some());
+    // Senders: each buffer's pattern and checksum, once.
+    let mut sent_sums: Vec<Vec<u64>> = Vec::with_capacity(sides.len());
+    for s in sides.iter_mut() {
+        let mut sums = Vec::new();
+        if verify_data {
+            for (slot, (buf, _)) in s.buffers.iter_mut().enumerate() {
+                if s.sending {
+                    sums.push(buf.fill(slot as u32)?);
+                } else {
+                    buf.poison()?;
                 }
             }
+        }
+        sent_sums.push(sums);
+    }
+    struct Check {
+        side: usize,
+        slot: usize,
+        seed: u32,
+        buf: Arc<HostBuffer>,
+    }
+    type Checked = (usize, usize, Result<u64, String>);
+    // Receivers' buffers that are neither in flight nor being checked (unused for senders).
+    let mut free: Vec<VecDeque<usize>> = sides
+        .iter()
+        .map(|s| (0..s.buffers.len()).collect())
+        .collect();
+    let mut inflight: Vec<VecDeque<(usize, TransferId)>> = vec![VecDeque::new(); sides.len()];
+    let mut times = Vec::new();
+    let cpu_start = cpu::Snapshot::take();
+    let cpu_end = std::thread::scope(|scope| -> Result<cpu::Snapshot, BoxError> {
+        let (done_tx, done_rx) = mpsc::channel::<Checked>();
+        let mut workers = Vec::new();
+        for _ in 0..if host_checks { checkers } else { 0 } {
+            let (tx, rx) = mpsc::channel::<Check>();
+            let done = done_tx.clone();
+            let name = format!("tcpx-check{}", workers.len());
+            let spawned = std::thread::Builder::new()
+                .name(name)
+                .spawn_scoped(scope, move || {
+                    for c in rx {
+                        let r = c
+                            .buf
+                            .lock()
+                            .map_err(|e| e.to_string())
+                            .and_then(|mut b| verify_and_poison(&mut b, c.seed));
+                        if done.send((c.side, c.slot, r)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            spawned.map_err(|e| format!("starting a check thread: {e}"))?;
+            workers.push(tx);
+        }
+        drop(done_tx);
+        let mut checking = 0usize;
+        let mut next_worker = 0usize;
+        let retire = |sides: &mut [Side],
+                      free: &mut [VecDeque<usize>],
+                      (side, slot, r): Checked|
+         -> Result<(), BoxError> {
+            let sum = r.map_err(|e| format!("GPU {}: {e}", sides[side].gpu))?;
+            sides[side].checksum = sides[side].checksum.wrapping_add(sum);
+            free[side].push_back(slot);
             Ok(())
         };
-        for iter in 0..total {
+        let (mut posted, mut completed) = (0u32, 0u32);
+        let mut last = Instant::now();
+        while completed < total {
+            // Post while there is room in the pipeline and a free buffer on every side.
+            while posted < total
+                && (posted - completed) < depth
+                && sides
+                    .iter()
+                    .zip(&free)
+                    .all(|(s, f)| s.sending || !f.is_empty())
+            {
+                for (k, s) in sides.iter_mut().enumerate() {
+                    // A sender's buffer i % D is free again: iteration i - D completed.
+                    let slot = if s.sending {
+                        posted as usize % s.buffers.len()
+                    } else {
+                        free[k].pop_front().ok_or("no free buffer")?
+                    };
+                    if let Some(sum) = sent_sums[k].get(slot) {
+                        s.checksum = s.checksum.wrapping_add(*sum);
+                    }
+                    let id = s.post_slot(slot, args.size)?;
+                    inflight[k].push_back((slot, id));
+                }
+                if posted == 0 {
+                    last = Instant::now();
+                }
+                posted += 1;
+            }
+            if posted == completed {
+                if checking == 0 {
+                    return Err("the pipeline has no buffer to post into".into());
+                }
+                // Every receive buffer is being checked: wait for one.
+                let r = done_rx
+                    .recv_timeout(args.timeout)
+                    .map_err(|_| "a check thread did not answer in time")?;
+                checking -= 1;
+                retire(sides, &mut free, r)?;
+                continue;
+            }
+            let iter = completed;
             let deadline = Instant::now() + args.timeout;
-            for (s, q) in sides.iter_mut().zip(ids.iter()) {
-                s.ep.wait(q[iter as usize], deadline)
+            for (s, q) in sides.iter_mut().zip(inflight.iter()) {
+                let (_, id) = q.front().copied().ok_or("nothing in flight")?;
+                s.ep.wait(id, deadline)
                     .map_err(|e| format!("GPU {} iteration {iter}: {e}", s.gpu))?;
             }
             let now = Instant::now();
@@ -740,67 +906,74 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
                 });
             }
             last = now;
-            match (&host, verify_data) {
-                (Some(host), true) => {
-                    let slot = (iter % depth) as usize;
-                    let work: Vec<(bool, Arc<HostBuffer>)> = sides
-                        .iter()
-                        .zip(host)
-                        .map(|(s, bufs)| (s.sending, bufs[slot].clone()))
-                        .collect();
-                    let next = iter + depth;
-                    let job = scope.spawn(move || -> Result<Vec<u64>, String> {
-                        work.iter()
-                            .map(|(sending, buf)| {
-                                let mut bytes = buf.lock().map_err(|e| e.to_string())?;
-                                if *sending {
-                                    Ok(if next < total {
-                                        fill(&mut bytes, next)
-                                    } else {
-                                        0
-                                    })
-                                } else {
-                                    let sum = verify(&bytes, iter)?;
-                                    bytes.fill(0xa5); // poisoned for the next iteration
-                                    Ok(sum)
-                                }
-                            })
-                            .collect()
-                    });
-                    jobs.push_back((iter, job));
-                    if jobs.len() >= depth.saturating_sub(1).max(1) as usize {
-                        if let Some(oldest) = jobs.pop_front() {
-                            retire(sides, &mut ids, oldest)?;
-                        }
-                    }
+            completed += 1;
+            let seed = iter % depth;
+            for (k, s) in sides.iter_mut().enumerate() {
+                let (slot, _) = inflight[k].pop_front().ok_or("nothing in flight")?;
+                if s.sending {
+                    continue;
                 }
-                _ => {
-                    // Unverified, or GPU buffers: check (if asked) and repost on this thread.
-                    for s in sides.iter_mut() {
-                        s.after(iter, verify_data)?;
+                if host_checks {
+                    let buf = s.buffers[slot]
+                        .0
+                        .host()
+                        .ok_or("a GPU buffer on a check thread")?;
+                    let check = Check {
+                        side: k,
+                        slot,
+                        seed,
+                        buf: buf.clone(),
+                    };
+                    workers[next_worker % workers.len()]
+                        .send(check)
+                        .map_err(|_| "a check thread ended early")?;
+                    next_worker += 1;
+                    checking += 1;
+                } else {
+                    if verify_data {
+                        let gpu = s.gpu;
+                        let sum = s.buffers[slot]
+                            .0
+                            .verify_and_poison(seed)
+                            .map_err(|e| format!("GPU {gpu}: {e}"))?;
+                        s.checksum = s.checksum.wrapping_add(sum);
                     }
-                    if iter + depth < total {
-                        for (s, q) in sides.iter_mut().zip(ids.iter_mut()) {
-                            s.before(iter + depth, verify_data)?;
-                            q.push(s.post(iter + depth, args.size)?);
-                        }
-                    }
+                    free[k].push_back(slot);
                 }
             }
+            while let Ok(r) = done_rx.try_recv() {
+                checking -= 1;
+                retire(sides, &mut free, r)?;
+            }
         }
-        while let Some(oldest) = jobs.pop_front() {
-            retire(sides, &mut ids, oldest)?;
+        while checking > 0 {
+            let r = done_rx
+                .recv_timeout(args.timeout)
+                .map_err(|_| "a check thread did not answer in time")?;
+            checking -= 1;
+            retire(sides, &mut free, r)?;
         }
-        Ok(())
+        // Before the check threads end, so their CPU time is in the report.
+        let end = cpu::Snapshot::take();
+        drop(workers);
+        Ok(end)
     })?;
     if !args.json {
         println!(
-            "{total} iterations, {depth} in flight (per-iteration times are completion intervals)"
+            "{total} iterations, {depth} in flight, {} (rates over windows of {depth} completions)",
+            if host_checks {
+                format!("checked on {checkers} threads")
+            } else if verify_data {
+                "checked on this thread".to_owned()
+            } else {
+                "not checked".to_owned()
+            }
         );
     }
     Ok(Timed {
         times,
-        cpu: cpu::report(&cpu_start, &cpu::Snapshot::take()),
+        cpu: cpu::report(&cpu_start, &cpu_end),
+        window: depth,
     })
 }
 
@@ -835,7 +1008,7 @@ fn print_report(
     extra: Value,
 ) {
     let times = &run.times;
-    let summary = summarize(times, args.size * pairs);
+    let summary = summarize(times, run.window, args.size * pairs);
     let out = json!({
         "bench": mode,
         "plugin": args.plugin.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "tcpx-sim".into()),
@@ -1200,5 +1373,24 @@ mod tests {
         fill(&mut a, 0);
         a.copy_within(0..8, 8); // a word in the wrong place
         assert!(verify(&a, 0).unwrap_err().contains("byte offset 8"));
+    }
+
+    #[test]
+    fn verify_and_poison_checks_every_block_and_leaves_only_poison() {
+        for len in [0usize, 5, 4096, 3 * 4096 + 13] {
+            let mut b = vec![0u8; len];
+            let sum = fill(&mut b, 9);
+            assert_eq!(verify_and_poison(&mut b, 9), Ok(sum));
+            assert!(b.iter().all(|&x| x == POISON));
+            if len >= 8 {
+                // A poisoned (never received) buffer fails; so does a wrong word in a later block.
+                assert!(verify_and_poison(&mut b, 9).is_err());
+                fill(&mut b, 9);
+                let off = len - 13;
+                b[off] ^= 0x40;
+                let e = verify_and_poison(&mut b, 9).unwrap_err();
+                assert!(e.contains(&format!("byte offset {}", off / 8 * 8)), "{e}");
+            }
+        }
     }
 }

@@ -1,0 +1,90 @@
+//! `tcpx-bench loopback` over tcpx-sim, both sides in one process: one iteration at a time and
+//! pipelined (`--depth`, checks on worker threads), every byte verified, checksums matched,
+//! and the CPU report present.
+
+use std::process::Command;
+
+fn loopback(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_tcpx-bench"))
+        .env("TCPX_SIM_CUDA", "0")
+        .env("NCCL_DYNAMIC_CHUNK_SIZE", "131072")
+        .env("NCCL_GPUDIRECTTCPX_SOCKET_IFNAME", "lo")
+        .env_remove("UCCL_TCPX_PLUGIN_PATH")
+        .args(["loopback", "--json", "--pin", "off", "--timeout", "60"])
+        .args(args)
+        .output()
+        .expect("run tcpx-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tcpx-bench loopback {args:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).expect("one JSON object")
+}
+
+fn check(r: &serde_json::Value, iters: u64) {
+    assert_eq!(r["verified"], true);
+    assert_eq!(r["summary"]["iters"], iters);
+    assert!(r["summary"]["avg_gbps"].as_f64().unwrap() > 0.0);
+    let groups = r["cpu"]["groups"].as_array().expect("a CPU report");
+    assert!(
+        groups.iter().any(|g| g["group"] == "tcpx-sim-tx*"),
+        "{}",
+        r["cpu"]
+    );
+}
+
+#[test]
+fn one_iteration_at_a_time() {
+    let r = loopback(&["--channels", "3", "--size", "3MiB", "--iters", "4"]);
+    check(&r, 4);
+}
+
+#[test]
+fn pipelined_with_check_threads() {
+    let r = loopback(&[
+        "--channels",
+        "4",
+        "--size",
+        "2MiB",
+        "--iters",
+        "40",
+        "--depth",
+        "3",
+        "--check-threads",
+        "2",
+    ]);
+    check(&r, 40);
+    let groups = r["cpu"]["groups"].as_array().unwrap();
+    assert!(
+        groups
+            .iter()
+            .any(|g| g["group"] == "tcpx-check*" && g["threads"] == 2),
+        "{}",
+        r["cpu"]
+    );
+}
+
+#[test]
+fn pipelined_odd_size_unverified_and_one_check_thread() {
+    let odd = (1 << 20) + 12345;
+    let r = loopback(&[
+        "--channels",
+        "2",
+        "--size",
+        &odd.to_string(),
+        "--iters",
+        "9",
+        "--depth",
+        "4",
+        "--check-threads",
+        "1",
+    ]);
+    check(&r, 9);
+    let mut args = vec!["--channels", "2", "--size", "1MiB", "--iters", "9"];
+    args.extend(["--depth", "2", "--no-verify"]);
+    let r = loopback(&args);
+    assert_eq!(r["verified"], false);
+    assert_eq!(r["summary"]["iters"], 9);
+}
