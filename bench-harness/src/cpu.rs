@@ -1,8 +1,9 @@
 //! Where the CPU went during the timed iterations: this process's threads, grouped by name
 //! (`tcpx-sim-tx3` → `tcpx-sim-tx*`), in cores (CPU seconds per wall second), user and system
 //! apart, beside the whole machine's idle share. Read from `/proc/self/task/*/stat` and
-//! `/proc/stat` at the start and the end of the span; on a system without `/proc` the report
-//! says so instead.
+//! `/proc/stat` around each timed span (one iteration, or a whole pipelined run) and summed
+//! over the spans, so checks between iterations stay out; on a system without `/proc` the
+//! report says so instead.
 //!
 //! On loopback one machine runs both ends, so this is how to tell a transfer limited by CPU
 //! (helpers at ~1 core each, machine idle near 0) from one limited by waiting (helpers well
@@ -99,49 +100,78 @@ impl Snapshot {
     }
 }
 
-/// CPU use between two snapshots, as JSON: `{"wall_s", "groups": [{"group", "threads",
-/// "user_cores", "sys_cores"}], "machine_idle", "cpus"}`, groups busiest first.
-pub fn report(before: &Snapshot, after: &Snapshot) -> Value {
-    let wall = after.at.duration_since(before.at).as_secs_f64();
-    if after.threads.is_empty() || wall <= 0.0 {
-        return json!({ "error": "no /proc/self/task on this system" });
+/// CPU use summed over one or more spans (each between two snapshots): the timed iterations
+/// only, when checks run between them. Tick-based counters are sampled, so sums over many short
+/// spans stay unbiased.
+#[derive(Debug, Default)]
+pub struct Usage {
+    wall: f64,
+    /// group → (threads seen, user ticks, system ticks)
+    groups: BTreeMap<String, (BTreeMap<u64, ()>, u64, u64)>,
+    /// (all ticks, idle ticks) of the machine
+    machine: Option<(u64, u64)>,
+    spans: u64,
+}
+
+impl Usage {
+    /// Adds the span between `before` and `after`.
+    pub fn add(&mut self, before: &Snapshot, after: &Snapshot) {
+        self.wall += after.at.duration_since(before.at).as_secs_f64();
+        self.spans += 1;
+        for (tid, a) in &after.threads {
+            let (u0, s0) = before
+                .threads
+                .get(tid)
+                .filter(|b| b.name == a.name)
+                .map_or((0, 0), |b| (b.user, b.sys));
+            let g = self.groups.entry(group_of(&a.name)).or_default();
+            g.0.insert(*tid, ());
+            g.1 += a.user.saturating_sub(u0);
+            g.2 += a.sys.saturating_sub(s0);
+        }
+        if let Some(((t0, i0), (t1, i1))) = before.machine.zip(after.machine) {
+            let m = self.machine.get_or_insert((0, 0));
+            m.0 += t1.saturating_sub(t0);
+            m.1 += i1.saturating_sub(i0);
+        }
     }
-    let mut groups: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
-    for (tid, a) in &after.threads {
-        let (u0, s0) = before
-            .threads
-            .get(tid)
-            .filter(|b| b.name == a.name)
-            .map_or((0, 0), |b| (b.user, b.sys));
-        let g = groups.entry(group_of(&a.name)).or_default();
-        g.0 += 1;
-        g.1 += a.user.saturating_sub(u0);
-        g.2 += a.sys.saturating_sub(s0);
-    }
-    let cores = |ticks: u64| ticks as f64 / TICKS_PER_SEC / wall;
-    let mut rows: Vec<Value> = groups
-        .into_iter()
-        .map(|(group, (n, u, s))| {
-            json!({ "group": group, "threads": n, "user_cores": cores(u), "sys_cores": cores(s) })
+
+    /// As JSON: `{"wall_s", "spans", "groups": [{"group", "threads", "user_cores",
+    /// "sys_cores"}], "machine_idle", "cpus"}`, groups busiest first.
+    pub fn report(&self) -> Value {
+        if self.groups.is_empty() || self.wall <= 0.0 {
+            return json!({ "error": "no /proc/self/task on this system" });
+        }
+        let cores = |ticks: u64| ticks as f64 / TICKS_PER_SEC / self.wall;
+        let mut rows: Vec<Value> = self
+            .groups
+            .iter()
+            .map(|(group, (tids, u, s))| {
+                json!({ "group": group, "threads": tids.len(), "user_cores": cores(*u), "sys_cores": cores(*s) })
+            })
+            .collect();
+        let busy = |v: &Value| {
+            v["user_cores"].as_f64().unwrap_or(0.0) + v["sys_cores"].as_f64().unwrap_or(0.0)
+        };
+        rows.sort_by(|a, b| busy(b).total_cmp(&busy(a)));
+        let idle = self
+            .machine
+            .and_then(|(t, i)| (t > 0).then(|| i as f64 / t as f64));
+        json!({
+            "wall_s": self.wall,
+            "spans": self.spans,
+            "groups": rows,
+            "machine_idle": idle,
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         })
-        .collect();
-    let busy = |v: &Value| {
-        v["user_cores"].as_f64().unwrap_or(0.0) + v["sys_cores"].as_f64().unwrap_or(0.0)
-    };
-    rows.sort_by(|a, b| busy(b).total_cmp(&busy(a)));
-    let idle = before
-        .machine
-        .zip(after.machine)
-        .and_then(|((t0, i0), (t1, i1))| {
-            let total = t1.saturating_sub(t0);
-            (total > 0).then(|| i1.saturating_sub(i0) as f64 / total as f64)
-        });
-    json!({
-        "wall_s": wall,
-        "groups": rows,
-        "machine_idle": idle,
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-    })
+    }
+}
+
+/// CPU use between two snapshots ([`Usage::report`] of one span).
+pub fn report(before: &Snapshot, after: &Snapshot) -> Value {
+    let mut u = Usage::default();
+    u.add(before, after);
+    u.report()
 }
 
 /// The report as lines for the table output.
@@ -150,8 +180,12 @@ pub fn lines(r: &Value) -> Vec<String> {
         return vec![format!("CPU use: not measured ({e})")];
     }
     let mut out = vec![format!(
-        "CPU use over the timed iterations ({:.1} s; cores = CPU s per wall s; machine idle {}):",
+        "CPU use during the timed iterations ({:.2} s{}; cores = CPU s per wall s; machine idle {}):",
         r["wall_s"].as_f64().unwrap_or(0.0),
+        match r["spans"].as_u64() {
+            Some(n) if n > 1 => format!(" in {n} spans"),
+            _ => String::new(),
+        },
         r["machine_idle"]
             .as_f64()
             .map_or("unknown".to_owned(), |i| format!(

@@ -712,16 +712,14 @@ fn run_iterations(
     let total = args.warmup + args.iters;
     let mut times = Vec::new();
     let mut last_report = Instant::now();
-    let mut cpu_start = cpu::Snapshot::take();
+    let mut usage = cpu::Usage::default();
     for iter in 0..total {
-        if iter == args.warmup {
-            cpu_start = cpu::Snapshot::take();
-        }
         for s in sides.iter_mut() {
             s.before(iter, verify_data)?;
         }
         sync(sides, iter)?;
         let deadline = Instant::now() + args.timeout;
+        let cpu_before = cpu::Snapshot::take();
         let t = Instant::now();
         let mut ids = Vec::with_capacity(sides.len());
         for s in sides.iter_mut() {
@@ -732,6 +730,9 @@ fn run_iterations(
                 .map_err(|e| format!("GPU {} iteration {iter}: {e}", s.gpu))?;
         }
         let secs = t.elapsed().as_secs_f64();
+        if iter >= args.warmup {
+            usage.add(&cpu_before, &cpu::Snapshot::take());
+        }
         for s in sides.iter_mut() {
             s.after(iter, verify_data)?;
         }
@@ -758,7 +759,7 @@ fn run_iterations(
     }
     Ok(Timed {
         times,
-        cpu: cpu::report(&cpu_start, &cpu::Snapshot::take()),
+        cpu: usage.report(),
         window: 1,
     })
 }
