@@ -21,6 +21,8 @@ struct ThreadTicks {
     name: String,
     user: u64,
     sys: u64,
+    /// ns runnable but waiting for a CPU (`schedstat`, 0 where the kernel does not keep it).
+    runq_ns: u64,
 }
 
 /// A reading of every thread of this process and of the machine's CPU counters.
@@ -44,7 +46,17 @@ fn parse_stat(line: &str) -> Option<ThreadTicks> {
     let mut rest = line.get(close + 1..)?.split_whitespace().skip(11);
     let user = rest.next()?.parse().ok()?;
     let sys = rest.next()?.parse().ok()?;
-    Some(ThreadTicks { name, user, sys })
+    Some(ThreadTicks {
+        name,
+        user,
+        sys,
+        runq_ns: 0,
+    })
+}
+
+/// The run-queue wait of `/proc/<pid>/task/<tid>/schedstat` ("on-CPU ns, waiting ns, slices").
+fn parse_schedstat(line: &str) -> Option<u64> {
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Parses the `cpu` line of `/proc/stat`: (total, idle + iowait).
@@ -79,11 +91,16 @@ impl Snapshot {
                 let Some(tid) = e.file_name().to_str().and_then(|s| s.parse().ok()) else {
                     continue;
                 };
-                if let Some(t) = fs::read_to_string(e.path().join("stat"))
+                if let Some(mut t) = fs::read_to_string(e.path().join("stat"))
                     .ok()
                     .as_deref()
                     .and_then(parse_stat)
                 {
+                    t.runq_ns = fs::read_to_string(e.path().join("schedstat"))
+                        .ok()
+                        .as_deref()
+                        .and_then(parse_schedstat)
+                        .unwrap_or(0);
                     threads.insert(tid, t);
                 }
             }
@@ -106,8 +123,8 @@ impl Snapshot {
 #[derive(Debug, Default)]
 pub struct Usage {
     wall: f64,
-    /// group → (threads seen, user ticks, system ticks)
-    groups: BTreeMap<String, (BTreeMap<u64, ()>, u64, u64)>,
+    /// group → (threads seen, user ticks, system ticks, run-queue ns)
+    groups: BTreeMap<String, (BTreeMap<u64, ()>, u64, u64, u64)>,
     /// (all ticks, idle ticks) of the machine
     machine: Option<(u64, u64)>,
     spans: u64,
@@ -119,15 +136,16 @@ impl Usage {
         self.wall += after.at.duration_since(before.at).as_secs_f64();
         self.spans += 1;
         for (tid, a) in &after.threads {
-            let (u0, s0) = before
+            let (u0, s0, q0) = before
                 .threads
                 .get(tid)
                 .filter(|b| b.name == a.name)
-                .map_or((0, 0), |b| (b.user, b.sys));
+                .map_or((0, 0, 0), |b| (b.user, b.sys, b.runq_ns));
             let g = self.groups.entry(group_of(&a.name)).or_default();
             g.0.insert(*tid, ());
             g.1 += a.user.saturating_sub(u0);
             g.2 += a.sys.saturating_sub(s0);
+            g.3 += a.runq_ns.saturating_sub(q0);
         }
         if let Some(((t0, i0), (t1, i1))) = before.machine.zip(after.machine) {
             let m = self.machine.get_or_insert((0, 0));
@@ -137,7 +155,9 @@ impl Usage {
     }
 
     /// As JSON: `{"wall_s", "spans", "groups": [{"group", "threads", "user_cores",
-    /// "sys_cores"}], "machine_idle", "cpus"}`, groups busiest first.
+    /// "sys_cores", "runq_threads"}], "machine_idle", "cpus"}`, groups busiest first;
+    /// `runq_threads` is how many of the group's threads were, on average, runnable but
+    /// waiting for a CPU.
     pub fn report(&self) -> Value {
         if self.groups.is_empty() || self.wall <= 0.0 {
             return json!({ "error": "no /proc/self/task on this system" });
@@ -146,8 +166,14 @@ impl Usage {
         let mut rows: Vec<Value> = self
             .groups
             .iter()
-            .map(|(group, (tids, u, s))| {
-                json!({ "group": group, "threads": tids.len(), "user_cores": cores(*u), "sys_cores": cores(*s) })
+            .map(|(group, (tids, u, s, q))| {
+                json!({
+                    "group": group,
+                    "threads": tids.len(),
+                    "user_cores": cores(*u),
+                    "sys_cores": cores(*s),
+                    "runq_threads": *q as f64 / 1e9 / self.wall,
+                })
             })
             .collect();
         let busy = |v: &Value| {
@@ -203,12 +229,13 @@ pub fn lines(r: &Value) -> Vec<String> {
             continue;
         }
         out.push(format!(
-            "  {:<20} {:>3} threads  {:>5.2} cores  (user {:.2}, sys {:.2})",
+            "  {:<20} {:>3} threads  {:>5.2} cores  (user {:.2}, sys {:.2}; waiting for a CPU {:.2})",
             g["group"].as_str().unwrap_or("?"),
             g["threads"],
             u + s,
             u,
-            s
+            s,
+            g["runq_threads"].as_f64().unwrap_or(0.0)
         ));
     }
     out
@@ -226,6 +253,8 @@ mod tests {
         assert_eq!((t.user, t.sys), (250, 75));
         assert_eq!(parse_stat("4242 (short) S 1 2"), None);
         assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_schedstat("123 456 7\n"), Some(456));
+        assert_eq!(parse_schedstat(""), None);
     }
 
     #[test]
@@ -254,6 +283,7 @@ mod tests {
                         name: n.into(),
                         user: u,
                         sys: s,
+                        runq_ns: u * 10_000_000,
                     };
                     (tid, t)
                 })
@@ -274,6 +304,8 @@ mod tests {
         assert_eq!(g[1]["group"], "main");
         assert!((g[1]["user_cores"].as_f64().unwrap() - 0.2).abs() < 1e-9);
         assert!((r["machine_idle"].as_f64().unwrap() - 0.25).abs() < 1e-9);
+        // main: 40 ticks of run-queue wait (set equal to its user ticks above) over 2 s.
+        assert!((g[1]["runq_threads"].as_f64().unwrap() - 0.2).abs() < 1e-9);
         assert!(lines(&r)[0].contains("machine idle 25 %"));
     }
 
