@@ -771,7 +771,8 @@ fn run_iterations(
 /// * A receiver has D + C buffers (C = `--check-threads`), all poisoned first. Iteration i goes
 ///   into a free one; once i completes on every side, a check thread verifies it against seed
 ///   i % D and poisons it as it goes (one pass), then the buffer is free again. Up to C checks
-///   run while D transfers move; checks finish in any order.
+///   run while D transfers move; checks finish in any order. Check threads run at idle
+///   priority ([`idle_priority`]).
 /// * Unverified runs and GPU buffers skip the check threads (GPU checks run on this thread).
 ///
 /// Returns one time per iteration: the interval between successive completions (their sum is
@@ -825,6 +826,7 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
             let spawned = std::thread::Builder::new()
                 .name(name)
                 .spawn_scoped(scope, move || {
+                    idle_priority();
                     for c in rx {
                         let r = c
                             .buf
@@ -976,6 +978,21 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
         cpu: cpu::report(&cpu_start, &cpu_end),
         window: depth,
     })
+}
+
+/// Moves the calling thread to `SCHED_IDLE` (Linux): a check thread then runs only on CPU time
+/// the transfer's own threads leave idle, so checking every byte does not slow the transfer it
+/// checks (when checks fall behind, the receiver runs out of buffers and waits, and the freed
+/// CPUs check). Where the policy cannot be set, the thread stays at normal priority.
+fn idle_priority() {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+        ThreadPriority, ThreadSchedulePolicy,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) {
+        tracing::debug!("check thread stays at normal priority: {e:?}");
+    }
 }
 
 fn finish(sides: &mut [Side], args: &TransferArgs) -> Result<Vec<Value>, BoxError> {
