@@ -2,13 +2,15 @@
 # One command, two measurements on loopback, side by side:
 #   1. N parallel iperf3 client/server pairs (N processes each side; not `iperf3 -P N`, which
 #      serves every stream from one thread in iperf3 3.12), summed;
-#   2. `tcpx-bench loopback` with N channels over tcpx-sim, every byte verified.
-# Prints both and their ratio, then one JSON line.
+#   2. `tcpx-bench loopback` with N channels over tcpx-sim, every byte verified: by default 4
+#      iterations of 16 MiB in flight (a stream, like iperf3's), checked on idle-priority
+#      threads while the next ones move.
+# Prints both, their ratio and where tcpx-bench's CPU time went, then one JSON line.
 #
 # usage: scripts/bench-vs-iperf3.sh [-n N] [-t SECONDS] [--bench PATH] [--iperf3-root DIR]
 #                                   [-- tcpx-bench loopback arguments]
-#   after --            replaces the default `--size 256MiB --iters 20` (e.g. `--depth 4
-#                       --size 16MiB --iters 400`: iterations in flight, like iperf3's stream)
+#   after --            replaces the default `--depth 4 --size 16MiB --iters 800` (e.g.
+#                       `--size 256MiB --iters 20`: one iteration at a time, checked between)
 #   --bench PATH        tcpx-bench binary (default: target/release/tcpx-bench, built if missing)
 #   --iperf3-root DIR   a folder where iperf3's .deb files were unpacked with `dpkg -x`
 #                       (machines without network; see scripts/install-iperf3.sh --download)
@@ -58,14 +60,22 @@ PY
 echo "iperf3: $iperf_gbps GB/s" >&2
 
 echo "== tcpx-bench loopback, $N channels" >&2
-if [[ $# -eq 0 ]]; then set -- --size 256MiB --iters 20; fi
+if [[ $# -eq 0 ]]; then set -- --depth 4 --size 16MiB --iters 800; fi
 echo "   tcpx-bench loopback --channels $N $*" >&2
 "$BENCH" loopback --channels "$N" --json "$@" >"$tmp/tcpx.json"
 tcpx_gbps=$(python3 -c 'import json,sys; print("%.3f" % json.load(open(sys.argv[1]))["summary"]["avg_gbps"])' "$tmp/tcpx.json")
-verified=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["verified"])' "$tmp/tcpx.json")
+verified=$(python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["verified"]))' "$tmp/tcpx.json")
 ratio=$(python3 -c "print(f'{$tcpx_gbps / $iperf_gbps:.3f}')")
+python3 - "$tmp/tcpx.json" >&2 <<'PY'
+import json, sys
+cpu = json.load(open(sys.argv[1])).get("cpu", {})
+for g in cpu.get("groups", []):
+    print(f'   {g["group"]:<18} {g["threads"]:>3} threads {g["user_cores"] + g["sys_cores"]:5.2f} cores')
+if cpu.get("machine_idle") is not None:
+    print(f'   machine idle {100 * cpu["machine_idle"]:.0f} % of {cpu["cpus"]} CPUs')
+PY
 printf '\n%-40s %10s\n' "what" "GB/s"
 printf '%-40s %10s\n' "$N parallel iperf3 pairs (loopback)" "$iperf_gbps"
-printf '%-40s %10s\n' "tcpx-bench loopback, $N channels" "$tcpx_gbps"
+printf '%-40s %10s\n' "tcpx-bench loopback, $N channels ($([[ $verified == true ]] && echo verified || echo NOT verified))" "$tcpx_gbps"
 printf '%-40s %10s\n' "ratio (target >= 0.8)" "$ratio"
 echo "{\"channels\": $N, \"iperf3_gbps\": $iperf_gbps, \"tcpx_gbps\": $tcpx_gbps, \"ratio\": $ratio, \"verified\": $verified, \"cores\": $(nproc)}"
