@@ -70,7 +70,7 @@ python3 - "$tmp/tcpx.json" >&2 <<'PY'
 import json, sys
 cpu = json.load(open(sys.argv[1])).get("cpu", {})
 for g in cpu.get("groups", []):
-    print(f'   {g["group"]:<18} {g["threads"]:>3} threads {g["user_cores"] + g["sys_cores"]:5.2f} cores')
+    print(f'   {g["group"]:<18} {g["threads"]:>3} threads {g["cores"]:5.2f} cores')
 if cpu.get("machine_idle") is not None:
     print(f'   machine idle {100 * cpu["machine_idle"]:.0f} % of {cpu["cpus"]} CPUs')
 PY

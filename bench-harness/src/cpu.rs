@@ -21,8 +21,9 @@ struct ThreadTicks {
     name: String,
     user: u64,
     sys: u64,
-    /// ns runnable but waiting for a CPU (`schedstat`, 0 where the kernel does not keep it).
-    runq_ns: u64,
+    /// ns on a CPU and ns runnable but waiting for one (`schedstat`; `None` where the kernel
+    /// does not keep it, and then the ticks give the time on a CPU).
+    sched: Option<(u64, u64)>,
 }
 
 /// A reading of every thread of this process and of the machine's CPU counters.
@@ -50,13 +51,14 @@ fn parse_stat(line: &str) -> Option<ThreadTicks> {
         name,
         user,
         sys,
-        runq_ns: 0,
+        sched: None,
     })
 }
 
-/// The run-queue wait of `/proc/<pid>/task/<tid>/schedstat` ("on-CPU ns, waiting ns, slices").
-fn parse_schedstat(line: &str) -> Option<u64> {
-    line.split_whitespace().nth(1)?.parse().ok()
+/// `/proc/<pid>/task/<tid>/schedstat` ("on-CPU ns, waiting ns, slices"): (on-CPU, waiting).
+fn parse_schedstat(line: &str) -> Option<(u64, u64)> {
+    let mut f = line.split_whitespace().map(|x| x.parse().ok());
+    Some((f.next()??, f.next()??))
 }
 
 /// Parses the `cpu` line of `/proc/stat`: (total, idle + iowait).
@@ -96,11 +98,10 @@ impl Snapshot {
                     .as_deref()
                     .and_then(parse_stat)
                 {
-                    t.runq_ns = fs::read_to_string(e.path().join("schedstat"))
+                    t.sched = fs::read_to_string(e.path().join("schedstat"))
                         .ok()
                         .as_deref()
-                        .and_then(parse_schedstat)
-                        .unwrap_or(0);
+                        .and_then(parse_schedstat);
                     threads.insert(tid, t);
                 }
             }
@@ -117,14 +118,26 @@ impl Snapshot {
     }
 }
 
+/// One thread group's sums. The ticks only split the on-CPU time into user and system (a few
+/// ticks do that poorly on short runs); `schedstat`'s nanoseconds are exact.
+#[derive(Debug, Default)]
+struct GroupTotals {
+    threads: std::collections::BTreeSet<u64>,
+    user_ticks: u64,
+    sys_ticks: u64,
+    /// On-CPU ns; `None` once a thread without `schedstat` was seen.
+    run_ns: Option<u64>,
+    runq_ns: u64,
+    sched_missing: bool,
+}
+
 /// CPU use summed over one or more spans (each between two snapshots): the timed iterations
 /// only, when checks run between them. Tick-based counters are sampled, so sums over many short
 /// spans stay unbiased.
 #[derive(Debug, Default)]
 pub struct Usage {
     wall: f64,
-    /// group → (threads seen, user ticks, system ticks, run-queue ns)
-    groups: BTreeMap<String, (BTreeMap<u64, ()>, u64, u64, u64)>,
+    groups: BTreeMap<String, GroupTotals>,
     /// (all ticks, idle ticks) of the machine
     machine: Option<(u64, u64)>,
     spans: u64,
@@ -136,16 +149,23 @@ impl Usage {
         self.wall += after.at.duration_since(before.at).as_secs_f64();
         self.spans += 1;
         for (tid, a) in &after.threads {
-            let (u0, s0, q0) = before
-                .threads
-                .get(tid)
-                .filter(|b| b.name == a.name)
-                .map_or((0, 0, 0), |b| (b.user, b.sys, b.runq_ns));
+            let b = before.threads.get(tid).filter(|b| b.name == a.name);
+            let (u0, s0) = b.map_or((0, 0), |b| (b.user, b.sys));
+            let (r0, q0) = b.and_then(|b| b.sched).unwrap_or((0, 0));
             let g = self.groups.entry(group_of(&a.name)).or_default();
-            g.0.insert(*tid, ());
-            g.1 += a.user.saturating_sub(u0);
-            g.2 += a.sys.saturating_sub(s0);
-            g.3 += a.runq_ns.saturating_sub(q0);
+            g.threads.insert(*tid);
+            g.user_ticks += a.user.saturating_sub(u0);
+            g.sys_ticks += a.sys.saturating_sub(s0);
+            match a.sched {
+                Some((r, q)) if !g.sched_missing => {
+                    g.run_ns = Some(g.run_ns.unwrap_or(0) + r.saturating_sub(r0));
+                    g.runq_ns += q.saturating_sub(q0);
+                }
+                _ => {
+                    g.sched_missing = true;
+                    g.run_ns = None;
+                }
+            }
         }
         if let Some(((t0, i0), (t1, i1))) = before.machine.zip(after.machine) {
             let m = self.machine.get_or_insert((0, 0));
@@ -154,8 +174,9 @@ impl Usage {
         }
     }
 
-    /// As JSON: `{"wall_s", "spans", "groups": [{"group", "threads", "user_cores",
+    /// As JSON: `{"wall_s", "spans", "groups": [{"group", "threads", "cores", "user_cores",
     /// "sys_cores", "runq_threads"}], "machine_idle", "cpus"}`, groups busiest first;
+    /// `user_cores`/`sys_cores` split `cores` (null when no clock tick fell on the group);
     /// `runq_threads` is how many of the group's threads were, on average, runnable but
     /// waiting for a CPU.
     pub fn report(&self) -> Value {
@@ -166,19 +187,25 @@ impl Usage {
         let mut rows: Vec<Value> = self
             .groups
             .iter()
-            .map(|(group, (tids, u, s, q))| {
+            .map(|(group, g)| {
+                let (u, s, q) = (g.user_ticks, g.sys_ticks, g.runq_ns);
+                // On-CPU time from schedstat where there is one, split as the ticks split
+                // (no split when no tick fell on the group).
+                let total = g
+                    .run_ns
+                    .map_or(cores(u + s), |r| r as f64 / 1e9 / self.wall);
+                let share = (u + s > 0).then(|| u as f64 / (u + s) as f64);
                 json!({
                     "group": group,
-                    "threads": tids.len(),
-                    "user_cores": cores(*u),
-                    "sys_cores": cores(*s),
-                    "runq_threads": *q as f64 / 1e9 / self.wall,
+                    "threads": g.threads.len(),
+                    "cores": total,
+                    "user_cores": share.map(|f| total * f),
+                    "sys_cores": share.map(|f| total * (1.0 - f)),
+                    "runq_threads": q as f64 / 1e9 / self.wall,
                 })
             })
             .collect();
-        let busy = |v: &Value| {
-            v["user_cores"].as_f64().unwrap_or(0.0) + v["sys_cores"].as_f64().unwrap_or(0.0)
-        };
+        let busy = |v: &Value| v["cores"].as_f64().unwrap_or(0.0);
         rows.sort_by(|a, b| busy(b).total_cmp(&busy(a)));
         let idle = self
             .machine
@@ -221,20 +248,18 @@ pub fn lines(r: &Value) -> Vec<String> {
             )),
     )];
     for g in r["groups"].as_array().into_iter().flatten() {
-        let (u, s) = (
-            g["user_cores"].as_f64().unwrap_or(0.0),
-            g["sys_cores"].as_f64().unwrap_or(0.0),
-        );
-        if u + s < 0.005 {
+        let c = g["cores"].as_f64().unwrap_or(0.0);
+        if c < 0.005 {
             continue;
         }
+        let split = match (g["user_cores"].as_f64(), g["sys_cores"].as_f64()) {
+            (Some(u), Some(s)) => format!("user {u:.2}, sys {s:.2}; "),
+            _ => String::new(),
+        };
         out.push(format!(
-            "  {:<20} {:>3} threads  {:>5.2} cores  (user {:.2}, sys {:.2}; waiting for a CPU {:.2})",
+            "  {:<20} {:>3} threads  {c:>5.2} cores  ({split}waiting for a CPU {:.2})",
             g["group"].as_str().unwrap_or("?"),
             g["threads"],
-            u + s,
-            u,
-            s,
             g["runq_threads"].as_f64().unwrap_or(0.0)
         ));
     }
@@ -253,7 +278,7 @@ mod tests {
         assert_eq!((t.user, t.sys), (250, 75));
         assert_eq!(parse_stat("4242 (short) S 1 2"), None);
         assert_eq!(parse_stat("garbage"), None);
-        assert_eq!(parse_schedstat("123 456 7\n"), Some(456));
+        assert_eq!(parse_schedstat("123 456 7\n"), Some((123, 456)));
         assert_eq!(parse_schedstat(""), None);
     }
 
@@ -283,7 +308,7 @@ mod tests {
                         name: n.into(),
                         user: u,
                         sys: s,
-                        runq_ns: u * 10_000_000,
+                        sched: Some(((u + s) * 10_000_000, u * 10_000_000)),
                     };
                     (tid, t)
                 })

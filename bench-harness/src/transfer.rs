@@ -5,7 +5,11 @@
 //! The server side receives, the client side sends. Every iteration the sender writes a
 //! pattern that encodes the iteration and each 8-byte word's offset, and (unless
 //! `--no-verify`) the receiver checks every byte after the timed region; both sides exchange
-//! checksums at the end. Throughput is GB/s with GB = 10^9 bytes.
+//! checksums at the end. `loopback --depth D` streams instead: D iterations in flight, the
+//! pattern encoding the sender's buffer (iteration % D) and each word's offset, received
+//! buffers poisoned and checked on idle-priority threads while the next ones move
+//! ([`run_pipelined`]). Throughput is GB/s with GB = 10^9 bytes; every report ends with the
+//! CPU use of the timed iterations ([`crate::cpu`]).
 
 use std::error::Error;
 use std::net::{IpAddr, SocketAddr};
