@@ -494,11 +494,13 @@ fn run(
             };
             match move_bytes(dir, task, sock, stager.as_mut(), phase) {
                 Ok(()) => {
+                    // Counted before the completion is published (release), so whoever sees
+                    // the completion sees the count too.
+                    add(2, since);
+                    clocks[0].fetch_add(1, Ordering::Relaxed);
                     if let Some(c) = shared.completed.get(task.sock) {
                         c.fetch_add(1, Ordering::Release);
                     }
-                    add(2, since);
-                    clocks[0].fetch_add(1, Ordering::Relaxed);
                     since = Instant::now();
                 }
                 Err(e) => {
