@@ -125,8 +125,8 @@ struct GroupTotals {
     threads: std::collections::BTreeSet<u64>,
     user_ticks: u64,
     sys_ticks: u64,
-    /// On-CPU ns; `None` once a thread without `schedstat` was seen.
-    run_ns: Option<u64>,
+    /// On-CPU ns, meaningful unless a thread without `schedstat` was seen.
+    run_ns: u64,
     runq_ns: u64,
     sched_missing: bool,
 }
@@ -157,14 +157,11 @@ impl Usage {
             g.user_ticks += a.user.saturating_sub(u0);
             g.sys_ticks += a.sys.saturating_sub(s0);
             match a.sched {
-                Some((r, q)) if !g.sched_missing => {
-                    g.run_ns = Some(g.run_ns.unwrap_or(0) + r.saturating_sub(r0));
+                Some((r, q)) => {
+                    g.run_ns += r.saturating_sub(r0);
                     g.runq_ns += q.saturating_sub(q0);
                 }
-                _ => {
-                    g.sched_missing = true;
-                    g.run_ns = None;
-                }
+                None => g.sched_missing = true,
             }
         }
         if let Some(((t0, i0), (t1, i1))) = before.machine.zip(after.machine) {
@@ -191,9 +188,11 @@ impl Usage {
                 let (u, s, q) = (g.user_ticks, g.sys_ticks, g.runq_ns);
                 // On-CPU time from schedstat where there is one, split as the ticks split
                 // (no split when no tick fell on the group).
-                let total = g
-                    .run_ns
-                    .map_or(cores(u + s), |r| r as f64 / 1e9 / self.wall);
+                let total = if g.sched_missing {
+                    cores(u + s)
+                } else {
+                    g.run_ns as f64 / 1e9 / self.wall
+                };
                 let share = (u + s > 0).then(|| u as f64 / (u + s) as f64);
                 json!({
                     "group": group,

@@ -11,6 +11,7 @@
 //! ([`run_pipelined`]). Throughput is GB/s with GB = 10^9 bytes; every report ends with the
 //! CPU use of the timed iterations ([`crate::cpu`]).
 
+use std::collections::VecDeque;
 use std::error::Error;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -723,7 +724,7 @@ fn run_iterations(
         }
         sync(sides, iter)?;
         let deadline = Instant::now() + args.timeout;
-        let cpu_before = cpu::Snapshot::take();
+        let cpu_before = (iter >= args.warmup).then(cpu::Snapshot::take);
         let t = Instant::now();
         let mut ids = Vec::with_capacity(sides.len());
         for s in sides.iter_mut() {
@@ -734,8 +735,8 @@ fn run_iterations(
                 .map_err(|e| format!("GPU {} iteration {iter}: {e}", s.gpu))?;
         }
         let secs = t.elapsed().as_secs_f64();
-        if iter >= args.warmup {
-            usage.add(&cpu_before, &cpu::Snapshot::take());
+        if let Some(before) = &cpu_before {
+            usage.add(before, &cpu::Snapshot::take());
         }
         for s in sides.iter_mut() {
             s.after(iter, verify_data)?;
@@ -783,7 +784,6 @@ fn run_iterations(
 /// the wall time from the first post to the last completion); the report's rates are over
 /// windows of D completions.
 fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxError> {
-    use std::collections::VecDeque;
     use std::sync::mpsc;
 
     let verify_data = !args.no_verify;
@@ -811,11 +811,16 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
         seed: u32,
         buf: Arc<HostBuffer>,
     }
-    type Checked = (usize, usize, Result<u64, String>);
-    // Receivers' buffers that are neither in flight nor being checked (unused for senders).
+    // Receivers' buffers that are neither in flight nor being checked (none for senders).
     let mut free: Vec<VecDeque<usize>> = sides
         .iter()
-        .map(|s| (0..s.buffers.len()).collect())
+        .map(|s| {
+            if s.sending {
+                VecDeque::new()
+            } else {
+                (0..s.buffers.len()).collect()
+            }
+        })
         .collect();
     let mut inflight: Vec<VecDeque<(usize, TransferId)>> = vec![VecDeque::new(); sides.len()];
     let mut times = Vec::new();
@@ -837,7 +842,12 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
                             .lock()
                             .map_err(|e| e.to_string())
                             .and_then(|mut b| verify_and_poison(&mut b, c.seed));
-                        if done.send((c.side, c.slot, r)).is_err() {
+                        let checked = Checked {
+                            side: c.side,
+                            slot: c.slot,
+                            sum: r,
+                        };
+                        if done.send(checked).is_err() {
                             break;
                         }
                     }
@@ -846,17 +856,12 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
             workers.push(tx);
         }
         drop(done_tx);
-        let mut checking = 0usize;
-        let mut next_worker = 0usize;
-        let retire = |sides: &mut [Side],
-                      free: &mut [VecDeque<usize>],
-                      (side, slot, r): Checked|
-         -> Result<(), BoxError> {
-            let sum = r.map_err(|e| format!("GPU {}: {e}", sides[side].gpu))?;
-            sides[side].checksum = sides[side].checksum.wrapping_add(sum);
-            free[side].push_back(slot);
-            Ok(())
+        let mut checks = Checks {
+            done: done_rx,
+            pending: 0,
+            timeout: args.timeout,
         };
+        let mut next_worker = 0usize;
         let (mut posted, mut completed) = (0u32, 0u32);
         let mut last = Instant::now();
         while completed < total {
@@ -887,15 +892,11 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
                 posted += 1;
             }
             if posted == completed {
-                if checking == 0 {
+                if checks.pending == 0 {
                     return Err("the pipeline has no buffer to post into".into());
                 }
                 // Every receive buffer is being checked: wait for one.
-                let r = done_rx
-                    .recv_timeout(args.timeout)
-                    .map_err(|_| "a check thread did not answer in time")?;
-                checking -= 1;
-                retire(sides, &mut free, r)?;
+                checks.wait()?.retire(sides, &mut free)?;
                 continue;
             }
             let iter = completed;
@@ -935,7 +936,7 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
                         .send(check)
                         .map_err(|_| "a check thread ended early")?;
                     next_worker += 1;
-                    checking += 1;
+                    checks.pending += 1;
                 } else {
                     if verify_data {
                         let gpu = s.gpu;
@@ -948,17 +949,12 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
                     free[k].push_back(slot);
                 }
             }
-            while let Ok(r) = done_rx.try_recv() {
-                checking -= 1;
-                retire(sides, &mut free, r)?;
+            while let Some(c) = checks.try_next() {
+                c.retire(sides, &mut free)?;
             }
         }
-        while checking > 0 {
-            let r = done_rx
-                .recv_timeout(args.timeout)
-                .map_err(|_| "a check thread did not answer in time")?;
-            checking -= 1;
-            retire(sides, &mut free, r)?;
+        while checks.pending > 0 {
+            checks.wait()?.retire(sides, &mut free)?;
         }
         // Before the check threads end, so their CPU time is in the report.
         let end = cpu::Snapshot::take();
@@ -982,6 +978,50 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
         cpu: cpu::report(&cpu_start, &cpu_end),
         window: depth,
     })
+}
+
+/// A received buffer, checked by a check thread of [`run_pipelined`].
+struct Checked {
+    side: usize,
+    slot: usize,
+    sum: Result<u64, String>,
+}
+
+impl Checked {
+    /// Adds the checksum to its side and frees the buffer, or fails the run.
+    fn retire(self, sides: &mut [Side], free: &mut [VecDeque<usize>]) -> Result<(), BoxError> {
+        let side = &mut sides[self.side];
+        let sum = self.sum.map_err(|e| format!("GPU {}: {e}", side.gpu))?;
+        side.checksum = side.checksum.wrapping_add(sum);
+        free[self.side].push_back(self.slot);
+        Ok(())
+    }
+}
+
+/// The answers of [`run_pipelined`]'s check threads, and how many are still to come.
+struct Checks {
+    done: std::sync::mpsc::Receiver<Checked>,
+    pending: usize,
+    timeout: Duration,
+}
+
+impl Checks {
+    /// The next check to finish, waiting for it.
+    fn wait(&mut self) -> Result<Checked, BoxError> {
+        let c = self
+            .done
+            .recv_timeout(self.timeout)
+            .map_err(|_| "a check thread did not answer in time")?;
+        self.pending -= 1;
+        Ok(c)
+    }
+
+    /// A check that has finished, if any.
+    fn try_next(&mut self) -> Option<Checked> {
+        let c = self.done.try_recv().ok()?;
+        self.pending -= 1;
+        Some(c)
+    }
 }
 
 /// Moves the calling thread to `SCHED_IDLE` (Linux): a check thread then runs only on CPU time

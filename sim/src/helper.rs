@@ -186,12 +186,27 @@ impl PhaseCell {
     }
 }
 
+/// How one helper thread's time went since its first task (relaxed counters, read at close).
+#[derive(Default)]
+struct Clock {
+    chunks: AtomicU64,
+    /// Blocked on the task queue: no chunk handed over by `test`.
+    waiting_ns: AtomicU64,
+    /// Inside `move_bytes`: socket (and CUDA) calls.
+    moving_ns: AtomicU64,
+}
+
+impl Clock {
+    fn add(counter: &AtomicU64, since: Instant) {
+        let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        counter.fetch_add(ns, Ordering::Relaxed);
+    }
+}
+
 struct Shared {
     completed: Vec<AtomicU64>,
     phases: Vec<PhaseCell>,
-    /// Per thread: tasks moved, ns waiting for a task, ns moving bytes (relaxed; for the
-    /// summary at close).
-    clocks: Vec<[AtomicU64; 3]>,
+    clocks: Vec<Clock>,
     failed: AtomicBool,
     stopping: AtomicBool,
     error: Mutex<Option<SimError>>,
@@ -342,7 +357,8 @@ impl Helpers {
     pub fn time_summary(&self) -> String {
         let mut out = String::new();
         for (t, c) in self.shared.clocks.iter().enumerate() {
-            let [tasks, wait, moving] = c.each_ref().map(|a| a.load(Ordering::Relaxed));
+            let [tasks, wait, moving] =
+                [&c.chunks, &c.waiting_ns, &c.moving_ns].map(|a| a.load(Ordering::Relaxed));
             let total = (wait + moving).max(1) as f64;
             let _ = write!(
                 out,
@@ -455,7 +471,7 @@ fn run(
     shared: Arc<Shared>,
     mut stager: Option<Box<dyn Stager>>,
 ) {
-    let Some(phase) = shared.phases.get(t) else {
+    let (Some(phase), Some(clock)) = (shared.phases.get(t), shared.clocks.get(t)) else {
         shared.fail(SimError::Protocol {
             why: "helper thread without a phase cell",
         });
@@ -470,19 +486,13 @@ fn run(
                 return;
             }
         }
-        let no_clocks: [AtomicU64; 3] = Default::default();
-        let clocks = shared.clocks.get(t).unwrap_or(&no_clocks);
-        let add = |i: usize, since: Instant| {
-            let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            clocks[i].fetch_add(ns, Ordering::Relaxed);
-        };
         let mut since = Instant::now();
         loop {
             phase.set(Phase::Idle);
             let Ok(task) = rx.recv() else { break };
             // Waiting counts from the first task on: before it the comm was being set up.
-            if clocks[0].load(Ordering::Relaxed) > 0 {
-                add(1, since);
+            if clock.chunks.load(Ordering::Relaxed) > 0 {
+                Clock::add(&clock.waiting_ns, since);
             }
             since = Instant::now();
             let Some(sock) = sockets.get(task.sock) else {
@@ -496,8 +506,8 @@ fn run(
                 Ok(()) => {
                     // Counted before the completion is published (release), so whoever sees
                     // the completion sees the count too.
-                    add(2, since);
-                    clocks[0].fetch_add(1, Ordering::Relaxed);
+                    Clock::add(&clock.moving_ns, since);
+                    clock.chunks.fetch_add(1, Ordering::Relaxed);
                     if let Some(c) = shared.completed.get(task.sock) {
                         c.fetch_add(1, Ordering::Release);
                     }

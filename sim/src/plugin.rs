@@ -577,18 +577,11 @@ impl CommObject {
 
     /// The INFO line of a comm's close: what its helper threads did.
     pub fn close_summary(&self) -> Option<String> {
-        Some(match &*self.guard_wait().ok()? {
-            Comm::Send(s) => format!(
-                "send comm {:#x} helpers: {}",
-                self.addr(),
-                s.helper_summary()
-            ),
-            Comm::Recv(r) => format!(
-                "recv comm {:#x} helpers: {}",
-                self.addr(),
-                r.helper_summary()
-            ),
-        })
+        let (kind, helpers) = match &*self.guard_wait().ok()? {
+            Comm::Send(s) => ("send", s.helper_summary()),
+            Comm::Recv(r) => ("recv", r.helper_summary()),
+        };
+        Some(format!("{kind} comm {:#x} helpers: {helpers}", self.addr()))
     }
 
     /// The WARN to print when this comm is closed now, if any.
