@@ -32,7 +32,9 @@ fn profile_dir() -> PathBuf {
 }
 
 /// The staticlib cargo built for this test run: the newest `libtcpx_ffi_cxx*.a` in
-/// `target/<profile>/deps` or `target/<profile>`.
+/// `target/<profile>/deps` or `target/<profile>` built with this run's `cuda` feature. A
+/// `--features cuda` build and a plain one share the folder, and only the former holds the
+/// CUDA objects (`unpack_launch_cuda.o`, which needs cudart to link).
 fn static_lib() -> Result<PathBuf, String> {
     let profile = profile_dir();
     let mut found: Vec<(std::time::SystemTime, PathBuf)> = [profile.join("deps"), profile.clone()]
@@ -46,13 +48,29 @@ fn static_lib() -> Result<PathBuf, String> {
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("libtcpx_ffi_cxx") && n.ends_with(".a"))
         })
+        .filter(|p| has_cuda_objects(p) == Some(cfg!(feature = "cuda")))
         .filter_map(|p| Some((fs::metadata(&p).ok()?.modified().ok()?, p)))
         .collect();
     found.sort();
-    found
-        .pop()
-        .map(|(_, p)| p)
-        .ok_or_else(|| format!("no libtcpx_ffi_cxx*.a under {}", profile.display()))
+    found.pop().map(|(_, p)| p).ok_or_else(|| {
+        format!(
+            "no libtcpx_ffi_cxx*.a built {} the cuda feature under {}",
+            if cfg!(feature = "cuda") {
+                "with"
+            } else {
+                "without"
+            },
+            profile.display()
+        )
+    })
+}
+
+/// Whether an archive holds the CUDA objects (their member name appears in it); `None` when it
+/// cannot be read.
+fn has_cuda_objects(archive: &Path) -> Option<bool> {
+    let bytes = fs::read(archive).ok()?;
+    let needle = b"unpack_launch_cuda";
+    Some(bytes.windows(needle.len()).any(|w| w == needle))
 }
 
 fn sim_plugin() -> PathBuf {
