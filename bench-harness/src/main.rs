@@ -15,6 +15,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod check;
 mod core_bench;
 mod cpu;
 mod engine_bench;

@@ -7,9 +7,9 @@
 //! `--no-verify`) the receiver checks every byte after the timed region; both sides exchange
 //! checksums at the end. `loopback --depth D` streams instead: D iterations in flight, the
 //! pattern encoding the sender's buffer (iteration % D) and each word's offset, received
-//! buffers poisoned and checked on idle-priority threads while the next ones move
-//! ([`run_pipelined`]). Throughput is GB/s with GB = 10^9 bytes; every report ends with the
-//! CPU use of the timed iterations ([`crate::cpu`]).
+//! buffers checked by a pool of idle-priority threads while the next ones move
+//! ([`run_pipelined`], [`crate::check`]). Throughput is GB/s with GB = 10^9 bytes; every report
+//! ends with the CPU use of the timed iterations ([`crate::cpu`]).
 
 use std::collections::VecDeque;
 use std::error::Error;
@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::check::{self, fill, verify, POISON};
 use crate::cpu;
 use tcpx::bootstrap::{port_for, BootstrapListener};
 use tcpx::channel::NicSelection;
@@ -88,7 +89,8 @@ pub struct TransferArgs {
     /// Throughput is then total bytes over total time.
     #[arg(long, default_value_t = 1)]
     pub depth: u32,
-    /// With `--depth` > 1: threads that check received iterations (default: `--depth`, at most 4).
+    /// With `--depth` > 1: threads that check received iterations, at idle priority, pinned to
+    /// the CPUs in turn (default: one per CPU this process may use).
     #[arg(long)]
     pub check_threads: Option<u32>,
     /// Never yield the progress threads' CPUs while waiting (pure spinning).
@@ -147,12 +149,14 @@ const A3_HIGH_ENV: &[(&str, &str)] = &[
 ];
 
 /// What tcpx-sim needs on loopback, set where unset (the sim, like TCPX, refuses to start
-/// without a chunk size).
+/// without a chunk size). Two helper threads per comm, one socket each: while one waits for
+/// its socket or a wake-up the other moves bytes — 20–25 % more than one thread per comm on
+/// the 16-core H200 host and on the 2-core dev box (BENCHMARKS.md).
 const SIM_ENV: &[(&str, &str)] = &[
     ("NCCL_DYNAMIC_CHUNK_SIZE", "524288"),
     ("NCCL_GPUDIRECTTCPX_SOCKET_IFNAME", "lo"),
     ("NCCL_NSOCKS_PERTHREAD", "1"),
-    ("NCCL_SOCKET_NTHREADS", "1"),
+    ("NCCL_SOCKET_NTHREADS", "2"),
 ];
 
 /// Set each variable that is not set yet. Called from `main` before any thread starts.
@@ -264,7 +268,8 @@ impl TransferArgs {
     /// `--depth` > 1: iterations in flight, and the receiver's threads that check them.
     fn pipeline(&self) -> (u32, u32) {
         let depth = self.depth.max(1);
-        (depth, self.check_threads.unwrap_or(depth.min(4)).max(1))
+        let cpus = || check::allowed_cpus().len().max(1) as u32;
+        (depth, self.check_threads.unwrap_or_else(cpus).max(1))
     }
 
     /// Buffers per side: one per iteration in flight, and on a pipelined receiver one more per
@@ -318,90 +323,6 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("expected seconds, got {s:?}"))
 }
 
-/// The word at 8-byte index `j` of iteration `iter`.
-fn pattern_word(iter: u32, j: u64) -> u64 {
-    j ^ u64::from(iter)
-        .wrapping_add(1)
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
-
-/// Write the pattern of `iter`; returns its checksum.
-fn fill(buf: &mut [u8], iter: u32) -> u64 {
-    let mut sum = 0u64;
-    let mut words = buf.chunks_exact_mut(8);
-    let mut j = 0u64;
-    for w in &mut words {
-        let v = pattern_word(iter, j);
-        w.copy_from_slice(&v.to_le_bytes());
-        sum = sum.wrapping_add(v);
-        j += 1;
-    }
-    let tail = words.into_remainder();
-    let v = pattern_word(iter, j).to_le_bytes();
-    tail.copy_from_slice(&v[..tail.len()]);
-    sum.wrapping_add(tail.iter().map(|&b| u64::from(b)).sum::<u64>())
-}
-
-/// Check the pattern of `iter`; returns the checksum, or where the first wrong byte is.
-fn verify(buf: &[u8], iter: u32) -> Result<u64, String> {
-    verify_from(buf, iter, 0)
-}
-
-/// [`verify`] of the part of a buffer that starts at word `first` (a partial word may only end
-/// the buffer).
-fn verify_from(buf: &[u8], iter: u32, first: u64) -> Result<u64, String> {
-    // No early exit in the loop, so it vectorizes; the slow search names the first wrong word.
-    let mut words = buf.chunks_exact(8);
-    let (mut sum, mut bad) = (0u64, 0u64);
-    for (i, w) in (&mut words).enumerate() {
-        let got = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-        bad |= got ^ pattern_word(iter, first + i as u64);
-        sum = sum.wrapping_add(got);
-    }
-    if bad != 0 {
-        let (j, got) = buf
-            .chunks_exact(8)
-            .enumerate()
-            .map(|(i, w)| {
-                let got = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-                (first + i as u64, got)
-            })
-            .find(|&(j, got)| got != pattern_word(iter, j))
-            .unwrap_or((first, 0));
-        return Err(format!(
-            "iteration {iter}: byte offset {}: got word {got:#018x}, expected {:#018x}",
-            j * 8,
-            pattern_word(iter, j)
-        ));
-    }
-    let tail = words.remainder();
-    let j = first + (buf.len() / 8) as u64;
-    let want = pattern_word(iter, j).to_le_bytes();
-    if tail != &want[..tail.len()] {
-        return Err(format!(
-            "iteration {iter}: the last {} bytes differ",
-            tail.len()
-        ));
-    }
-    Ok(sum.wrapping_add(tail.iter().map(|&b| u64::from(b)).sum::<u64>()))
-}
-
-/// The byte received buffers are overwritten with before a receive, so a chunk that never
-/// lands fails the check.
-const POISON: u8 = 0xa5;
-
-/// [`verify`], overwriting each word with [`POISON`] as it goes (one pass over the buffer), so
-/// the next receive into it must write every byte again.
-fn verify_and_poison(buf: &mut [u8], iter: u32) -> Result<u64, String> {
-    const BLOCK: usize = 4096; // checked while in L1, then overwritten
-    let mut sum = 0u64;
-    for (k, block) in buf.chunks_mut(BLOCK).enumerate() {
-        sum = sum.wrapping_add(verify_from(block, iter, (k * BLOCK / 8) as u64)?);
-        block.fill(POISON);
-    }
-    Ok(sum)
-}
-
 /// The buffer one side sends from or receives into.
 enum Buf {
     Host(Arc<HostBuffer>),
@@ -451,19 +372,6 @@ impl Buf {
             Buf::Gpu { buf, .. } => buf.fill(POISON)?,
         }
         Ok(())
-    }
-
-    /// Check the pattern of `iter`, then poison; its checksum.
-    fn verify_and_poison(&mut self, iter: u32) -> Result<u64, String> {
-        match self {
-            Buf::Host(b) => verify_and_poison(&mut b.lock().map_err(|e| e.to_string())?, iter),
-            #[cfg(feature = "cuda")]
-            Buf::Gpu { .. } => {
-                let sum = self.verify(iter)?;
-                self.poison().map_err(|e| e.to_string())?;
-                Ok(sum)
-            }
-        }
     }
 
     /// Check the pattern of `iter`; its checksum.
@@ -773,24 +681,23 @@ fn run_iterations(
 ///
 /// * Senders use buffer i % D for iteration i, filled once before the run with the pattern of
 ///   seed i % D: a received word from another buffer, iteration slot or offset fails the check.
-/// * A receiver has D + C buffers (C = `--check-threads`), all poisoned first. Iteration i goes
-///   into a free one; once i completes on every side, a check thread verifies it against seed
-///   i % D and poisons it as it goes (one pass), then the buffer is free again. Up to C checks
-///   run while D transfers move; checks finish in any order. Check threads run at idle
-///   priority ([`idle_priority`]).
-/// * Unverified runs and GPU buffers skip the check threads (GPU checks run on this thread).
+/// * A receiver has D + C buffers (C = check threads), all poisoned first. Iteration i goes into
+///   a free one — the most recently checked one that does not hold seed i % D already, so a
+///   chunk that never lands leaves stale words that fail the check; only when every free buffer
+///   holds that seed is one poisoned first ([`check::must_poison`]). Once i completes on every
+///   side, the check pool ([`check::CheckPool`]: one idle-priority thread per CPU) verifies it
+///   against seed i % D, and the buffer is free again. Checks finish in any order.
+/// * Unverified runs skip the checks; GPU buffers are checked on this thread.
 ///
 /// Returns one time per iteration: the interval between successive completions (their sum is
 /// the wall time from the first post to the last completion); the report's rates are over
 /// windows of D completions.
 fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxError> {
-    use std::sync::mpsc;
-
     let verify_data = !args.no_verify;
     let (depth, checkers) = args.pipeline();
     let total = args.warmup + args.iters;
     let host_checks = verify_data && sides.iter().all(|s| s.buffers[0].0.host().is_some());
-    // Senders: each buffer's pattern and checksum, once.
+    // Senders: each buffer's pattern and checksum, once. Receivers: poisoned, holding no seed.
     let mut sent_sums: Vec<Vec<u64>> = Vec::with_capacity(sides.len());
     for s in sides.iter_mut() {
         let mut sums = Vec::new();
@@ -805,63 +712,31 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
         }
         sent_sums.push(sums);
     }
-    struct Check {
-        side: usize,
-        slot: usize,
-        seed: u32,
-        buf: Arc<HostBuffer>,
-    }
-    // Receivers' buffers that are neither in flight nor being checked (none for senders).
-    let mut free: Vec<VecDeque<usize>> = sides
-        .iter()
-        .map(|s| {
-            if s.sending {
-                VecDeque::new()
-            } else {
-                (0..s.buffers.len()).collect()
+    // Receive buffers: which seed each holds, the free ones (most recently freed last), and
+    // their cells on the check board.
+    let mut recv = Vec::with_capacity(sides.len());
+    let mut bufs = Vec::new();
+    for s in sides.iter() {
+        let n = if s.sending { 0 } else { s.buffers.len() };
+        recv.push(RecvBuffers {
+            holds: vec![None; n],
+            free: (0..n).collect(),
+            first_cell: bufs.len(),
+        });
+        if host_checks && !s.sending {
+            for (b, _) in &s.buffers {
+                bufs.push(b.host().ok_or("a GPU buffer on a check thread")?.clone());
             }
-        })
-        .collect();
+        }
+    }
+    let cpus = check::allowed_cpus();
+    let mut poisoned = 0u64;
     let mut inflight: Vec<VecDeque<(usize, TransferId)>> = vec![VecDeque::new(); sides.len()];
     let mut times = Vec::new();
     let cpu_start = cpu::Snapshot::take();
-    let cpu_end = std::thread::scope(|scope| -> Result<cpu::Snapshot, BoxError> {
-        let (done_tx, done_rx) = mpsc::channel::<Checked>();
-        let mut workers = Vec::new();
-        for _ in 0..if host_checks { checkers } else { 0 } {
-            let (tx, rx) = mpsc::channel::<Check>();
-            let done = done_tx.clone();
-            let name = format!("tcpx-check{}", workers.len());
-            let spawned = std::thread::Builder::new()
-                .name(name)
-                .spawn_scoped(scope, move || {
-                    idle_priority();
-                    for c in rx {
-                        let r = c
-                            .buf
-                            .lock()
-                            .map_err(|e| e.to_string())
-                            .and_then(|mut b| verify_and_poison(&mut b, c.seed));
-                        let checked = Checked {
-                            side: c.side,
-                            slot: c.slot,
-                            sum: r,
-                        };
-                        if done.send(checked).is_err() {
-                            break;
-                        }
-                    }
-                });
-            spawned.map_err(|e| format!("starting a check thread: {e}"))?;
-            workers.push(tx);
-        }
-        drop(done_tx);
-        let mut checks = Checks {
-            done: done_rx,
-            pending: 0,
-            timeout: args.timeout,
-        };
-        let mut next_worker = 0usize;
+    let (cpu_end, threads) = std::thread::scope(|scope| -> Result<_, BoxError> {
+        let threads = if host_checks { checkers as usize } else { 0 };
+        let mut pool = check::CheckPool::start(scope, bufs, threads, &cpus, args.timeout)?;
         let (mut posted, mut completed) = (0u32, 0u32);
         let mut last = Instant::now();
         while completed < total {
@@ -870,15 +745,23 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
                 && (posted - completed) < depth
                 && sides
                     .iter()
-                    .zip(&free)
-                    .all(|(s, f)| s.sending || !f.is_empty())
+                    .zip(&recv)
+                    .all(|(s, r)| s.sending || !r.free.is_empty())
             {
+                let seed = posted % depth;
                 for (k, s) in sides.iter_mut().enumerate() {
                     // A sender's buffer i % D is free again: iteration i - D completed.
                     let slot = if s.sending {
                         posted as usize % s.buffers.len()
                     } else {
-                        free[k].pop_front().ok_or("no free buffer")?
+                        let r = &mut recv[k];
+                        let slot = r.take(seed).ok_or("no free buffer")?;
+                        if verify_data && check::must_poison(r.holds[slot], seed) {
+                            s.buffers[slot].0.poison()?;
+                            poisoned += 1;
+                        }
+                        r.holds[slot] = Some(seed);
+                        slot
                     };
                     if let Some(sum) = sent_sums[k].get(slot) {
                         s.checksum = s.checksum.wrapping_add(*sum);
@@ -892,11 +775,9 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
                 posted += 1;
             }
             if posted == completed {
-                if checks.pending == 0 {
-                    return Err("the pipeline has no buffer to post into".into());
-                }
                 // Every receive buffer is being checked: wait for one.
-                checks.wait()?.retire(sides, &mut free)?;
+                let (cell, sum) = pool.wait()?;
+                retire(sides, &mut recv, cell, sum)?;
                 continue;
             }
             let iter = completed;
@@ -922,50 +803,43 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
                     continue;
                 }
                 if host_checks {
-                    let buf = s.buffers[slot]
-                        .0
-                        .host()
-                        .ok_or("a GPU buffer on a check thread")?;
-                    let check = Check {
-                        side: k,
-                        slot,
-                        seed,
-                        buf: buf.clone(),
-                    };
-                    workers[next_worker % workers.len()]
-                        .send(check)
-                        .map_err(|_| "a check thread ended early")?;
-                    next_worker += 1;
-                    checks.pending += 1;
+                    pool.submit(recv[k].first_cell + slot, seed)?;
                 } else {
                     if verify_data {
                         let gpu = s.gpu;
                         let sum = s.buffers[slot]
                             .0
-                            .verify_and_poison(seed)
+                            .verify(seed)
                             .map_err(|e| format!("GPU {gpu}: {e}"))?;
                         s.checksum = s.checksum.wrapping_add(sum);
                     }
-                    free[k].push_back(slot);
+                    recv[k].free.push_back(slot);
                 }
             }
-            while let Some(c) = checks.try_next() {
-                c.retire(sides, &mut free)?;
+            while let Some((cell, sum)) = pool.try_take() {
+                retire(sides, &mut recv, cell, sum)?;
             }
         }
-        while checks.pending > 0 {
-            checks.wait()?.retire(sides, &mut free)?;
+        while pool.pending() > 0 {
+            let (cell, sum) = pool.wait()?;
+            retire(sides, &mut recv, cell, sum)?;
         }
         // Before the check threads end, so their CPU time is in the report.
-        let end = cpu::Snapshot::take();
-        drop(workers);
-        Ok(end)
+        Ok((cpu::Snapshot::take(), pool.threads()))
     })?;
     if !args.json {
         println!(
             "{total} iterations, {depth} in flight, {} (rates over windows of {depth} completions)",
             if host_checks {
-                format!("checked on {checkers} threads")
+                format!(
+                    "checked on {threads} idle-priority threads{}, {poisoned} buffers poisoned \
+                     before reuse",
+                    if cpus.is_empty() {
+                        ""
+                    } else {
+                        " pinned to the CPUs in turn"
+                    }
+                )
             } else if verify_data {
                 "checked on this thread".to_owned()
             } else {
@@ -980,63 +854,44 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
     })
 }
 
-/// A received buffer, checked by a check thread of [`run_pipelined`].
-struct Checked {
-    side: usize,
-    slot: usize,
+/// A receiving side's buffers in [`run_pipelined`].
+struct RecvBuffers {
+    /// The seed each buffer holds (`None`: poison).
+    holds: Vec<Option<u32>>,
+    /// Buffers neither in flight nor being checked, the most recently freed last.
+    free: VecDeque<usize>,
+    /// The check cell of buffer 0 (buffer `i` is cell `first_cell + i`).
+    first_cell: usize,
+}
+
+impl RecvBuffers {
+    /// A free buffer for seed `seed`: the most recently freed one that does not hold it (still
+    /// in cache, no poison needed), else the most recently freed one.
+    fn take(&mut self, seed: u32) -> Option<usize> {
+        let i = (0..self.free.len())
+            .rev()
+            .find(|&i| !check::must_poison(self.holds[self.free[i]], seed))
+            .unwrap_or(self.free.len().checked_sub(1)?);
+        self.free.remove(i)
+    }
+}
+
+/// Adds a finished check's checksum to its side and frees the buffer, or fails the run.
+fn retire(
+    sides: &mut [Side],
+    recv: &mut [RecvBuffers],
+    cell: usize,
     sum: Result<u64, String>,
-}
-
-impl Checked {
-    /// Adds the checksum to its side and frees the buffer, or fails the run.
-    fn retire(self, sides: &mut [Side], free: &mut [VecDeque<usize>]) -> Result<(), BoxError> {
-        let side = &mut sides[self.side];
-        let sum = self.sum.map_err(|e| format!("GPU {}: {e}", side.gpu))?;
-        side.checksum = side.checksum.wrapping_add(sum);
-        free[self.side].push_back(self.slot);
-        Ok(())
-    }
-}
-
-/// The answers of [`run_pipelined`]'s check threads, and how many are still to come.
-struct Checks {
-    done: std::sync::mpsc::Receiver<Checked>,
-    pending: usize,
-    timeout: Duration,
-}
-
-impl Checks {
-    /// The next check to finish, waiting for it.
-    fn wait(&mut self) -> Result<Checked, BoxError> {
-        let c = self
-            .done
-            .recv_timeout(self.timeout)
-            .map_err(|_| "a check thread did not answer in time")?;
-        self.pending -= 1;
-        Ok(c)
-    }
-
-    /// A check that has finished, if any.
-    fn try_next(&mut self) -> Option<Checked> {
-        let c = self.done.try_recv().ok()?;
-        self.pending -= 1;
-        Some(c)
-    }
-}
-
-/// Moves the calling thread to `SCHED_IDLE` (Linux): a check thread then runs only on CPU time
-/// the transfer's own threads leave idle, so checking every byte does not slow the transfer it
-/// checks (when checks fall behind, the receiver runs out of buffers and waits, and the freed
-/// CPUs check). Where the policy cannot be set, the thread stays at normal priority.
-fn idle_priority() {
-    use thread_priority::{
-        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
-        ThreadPriority, ThreadSchedulePolicy,
-    };
-    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) {
-        tracing::debug!("check thread stays at normal priority: {e:?}");
-    }
+) -> Result<(), BoxError> {
+    let k = recv
+        .iter()
+        .rposition(|r| r.first_cell <= cell && !r.holds.is_empty())
+        .ok_or("a check of no receive buffer")?;
+    let side = &mut sides[k];
+    let sum = sum.map_err(|e| format!("GPU {}: {e}", side.gpu))?;
+    side.checksum = side.checksum.wrapping_add(sum);
+    recv[k].free.push_back(cell - recv[k].first_cell);
+    Ok(())
 }
 
 fn finish(sides: &mut [Side], args: &TransferArgs) -> Result<Vec<Value>, BoxError> {
@@ -1417,42 +1272,20 @@ mod tests {
     }
 
     #[test]
-    fn pattern_round_trips_and_catches_misplaced_bytes() {
-        for len in [0usize, 1, 7, 8, 9, 4096, 4099] {
-            let mut b = vec![0u8; len];
-            let sum = fill(&mut b, 3);
-            assert_eq!(verify(&b, 3), Ok(sum));
-            if len > 0 {
-                assert!(
-                    verify(&b, 4).is_err() || len < 8,
-                    "another iteration's data must fail"
-                );
-                b[len / 2] ^= 1;
-                assert!(verify(&b, 3).is_err());
-            }
-        }
-        let mut a = vec![0u8; 64];
-        fill(&mut a, 0);
-        a.copy_within(0..8, 8); // a word in the wrong place
-        assert!(verify(&a, 0).unwrap_err().contains("byte offset 8"));
-    }
-
-    #[test]
-    fn verify_and_poison_checks_every_block_and_leaves_only_poison() {
-        for len in [0usize, 5, 4096, 3 * 4096 + 13] {
-            let mut b = vec![0u8; len];
-            let sum = fill(&mut b, 9);
-            assert_eq!(verify_and_poison(&mut b, 9), Ok(sum));
-            assert!(b.iter().all(|&x| x == POISON));
-            if len >= 8 {
-                // A poisoned (never received) buffer fails; so does a wrong word in a later block.
-                assert!(verify_and_poison(&mut b, 9).is_err());
-                fill(&mut b, 9);
-                let off = len - 13;
-                b[off] ^= 0x40;
-                let e = verify_and_poison(&mut b, 9).unwrap_err();
-                assert!(e.contains(&format!("byte offset {}", off / 8 * 8)), "{e}");
-            }
-        }
+    fn a_receive_buffer_is_reused_for_another_seed_most_recent_first() {
+        let mut r = RecvBuffers {
+            holds: vec![Some(0), Some(1), None, Some(1)],
+            free: VecDeque::from([0, 1, 2, 3]),
+            first_cell: 0,
+        };
+        // Most recently freed (3) holds another seed: no poison needed.
+        assert_eq!(r.take(0), Some(3));
+        // 1 and 0 hold seed 1 / 0; for seed 1 the newest one that does not hold it is 2.
+        assert_eq!(r.take(1), Some(2));
+        assert_eq!(r.take(1), Some(0));
+        // Only buffer 1 is left and it holds seed 1: taken anyway (the caller poisons it).
+        assert!(check::must_poison(r.holds[1], 1));
+        assert_eq!(r.take(1), Some(1));
+        assert_eq!(r.take(1), None);
     }
 }

@@ -88,3 +88,45 @@ fn pipelined_odd_size_unverified_and_one_check_thread() {
     assert_eq!(r["verified"], false);
     assert_eq!(r["summary"]["iters"], 9);
 }
+
+/// CPUs in this process's affinity mask (`Cpus_allowed_list`, e.g. `0-3,8-11`).
+fn allowed_cpus() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim();
+    list.split(',')
+        .map(|r| match r.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
+            None => 1,
+        })
+        .sum()
+}
+
+#[test]
+fn pipelined_default_pool_has_one_check_thread_per_cpu_and_reuses_buffers() {
+    // Many small iterations over few buffers: buffers are reused for other seeds without
+    // poison, and (with 5 seeds over 5 + CPUs buffers) sometimes for the seed they hold.
+    let r = loopback(&[
+        "--channels",
+        "2",
+        "--size",
+        "300KiB",
+        "--iters",
+        "400",
+        "--depth",
+        "5",
+    ]);
+    check(&r, 400);
+    let groups = r["cpu"]["groups"].as_array().unwrap();
+    let cpus = allowed_cpus();
+    assert!(
+        groups
+            .iter()
+            .any(|g| g["group"] == "tcpx-check*" && g["threads"] == cpus),
+        "{cpus} CPUs: {}",
+        r["cpu"]
+    );
+}
