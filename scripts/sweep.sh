@@ -3,7 +3,8 @@
 # size, as a markdown table (rows: channels; columns: chunk size) plus one JSON line per cell.
 #
 # usage: scripts/sweep.sh [--bench PATH] [--channels "1 2 4 8"] [--chunks "128KiB 512KiB 1MiB 4MiB"]
-#                         [--size 256MiB] [--iters 10]
+#                         [--size 256MiB] [--iters 10] [-- more loopback arguments]
+#   e.g. `-- --depth 16` with `--size 1MiB --iters 20000`: the stream of bench-vs-iperf3.sh
 set -euo pipefail
 BENCH= CHANNELS="1 2 4 8" CHUNKS="128KiB 512KiB 1MiB 4MiB" SIZE=256MiB ITERS=10
 while [[ $# -gt 0 ]]; do
@@ -13,7 +14,8 @@ while [[ $# -gt 0 ]]; do
     --chunks) CHUNKS=$2; shift 2 ;;
     --size) SIZE=$2; shift 2 ;;
     --iters) ITERS=$2; shift 2 ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    --) shift; break ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
     *) echo "unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -27,8 +29,8 @@ printf '|---|'; for c in $CHUNKS; do printf -- '---:|'; done; echo
 for n in $CHANNELS; do
   printf '| %s |' "$n"
   for c in $CHUNKS; do
-    out=$("$BENCH" loopback --channels "$n" --chunk-bytes "$c" --size "$SIZE" --iters "$ITERS" --json 2>/dev/null)
-    g=$(python3 -c 'import json,sys; print("%.2f" % json.loads(sys.argv[1])["summary"]["avg_gbps"])' "$out")
+    out=$("$BENCH" loopback --channels "$n" --chunk-bytes "$c" --size "$SIZE" --iters "$ITERS" --json "$@" 2>/dev/null)
+    g=$(python3 -c 'import json,sys; print("%.2f" % json.load(sys.stdin)["summary"]["avg_gbps"])' <<<"$out")
     printf ' %s |' "$g"
     echo "{\"channels\": $n, \"chunk\": \"$c\", \"gbps\": $g}" >>"${SWEEP_JSON:-/dev/null}"
   done
