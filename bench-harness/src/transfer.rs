@@ -150,8 +150,8 @@ const A3_HIGH_ENV: &[(&str, &str)] = &[
 
 /// What tcpx-sim needs on loopback, set where unset (the sim, like TCPX, refuses to start
 /// without a chunk size). Two helper threads per comm, one socket each: while one waits for
-/// its socket or a wake-up the other moves bytes — 20–25 % more than one thread per comm on
-/// the 16-core H200 host and on the 2-core dev box (BENCHMARKS.md).
+/// its socket or a wake-up the other moves bytes, which beat one thread per comm on the 16-core
+/// H200 host and on the 2-core dev box, and four (BENCHMARKS.md).
 const SIM_ENV: &[(&str, &str)] = &[
     ("NCCL_DYNAMIC_CHUNK_SIZE", "524288"),
     ("NCCL_GPUDIRECTTCPX_SOCKET_IFNAME", "lo"),
