@@ -272,11 +272,12 @@ impl TransferArgs {
         (depth, self.check_threads.unwrap_or_else(cpus).max(1))
     }
 
-    /// Buffers per side: one per iteration in flight, and on a pipelined receiver one more per
-    /// check thread, so checking never holds back the next receive.
+    /// Buffers per side: one per iteration in flight, and on a pipelined receiver of host
+    /// memory one more per check thread, so checking never holds back the next receive (GPU
+    /// buffers are checked on the calling thread before their next receive is posted).
     fn buffers(&self, sending: bool) -> u32 {
         let (depth, checkers) = self.pipeline();
-        if depth > 1 && !sending && !self.no_verify {
+        if depth > 1 && !sending && !self.no_verify && self.mem == Mem::Host {
             depth + checkers
         } else {
             depth
@@ -713,10 +714,10 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
         sent_sums.push(sums);
     }
     // Receive buffers: which seed each holds, the free ones (most recently freed last), and
-    // their cells on the check board.
+    // their cells on the check board (`cells[c]` = side, buffer).
     let mut recv = Vec::with_capacity(sides.len());
-    let mut bufs = Vec::new();
-    for s in sides.iter() {
+    let (mut bufs, mut cells) = (Vec::new(), Vec::new());
+    for (k, s) in sides.iter().enumerate() {
         let n = if s.sending { 0 } else { s.buffers.len() };
         recv.push(RecvBuffers {
             holds: vec![None; n],
@@ -724,8 +725,9 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
             first_cell: bufs.len(),
         });
         if host_checks && !s.sending {
-            for (b, _) in &s.buffers {
+            for (slot, (b, _)) in s.buffers.iter().enumerate() {
                 bufs.push(b.host().ok_or("a GPU buffer on a check thread")?.clone());
+                cells.push((k, slot));
             }
         }
     }
@@ -777,7 +779,7 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
             if posted == completed {
                 // Every receive buffer is being checked: wait for one.
                 let (cell, sum) = pool.wait()?;
-                retire(sides, &mut recv, cell, sum)?;
+                retire(sides, &mut recv, cells[cell], sum)?;
                 continue;
             }
             let iter = completed;
@@ -817,12 +819,12 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
                 }
             }
             while let Some((cell, sum)) = pool.try_take() {
-                retire(sides, &mut recv, cell, sum)?;
+                retire(sides, &mut recv, cells[cell], sum)?;
             }
         }
         while pool.pending() > 0 {
             let (cell, sum) = pool.wait()?;
-            retire(sides, &mut recv, cell, sum)?;
+            retire(sides, &mut recv, cells[cell], sum)?;
         }
         // Before the check threads end, so their CPU time is in the report.
         Ok((cpu::Snapshot::take(), pool.threads()))
@@ -876,21 +878,18 @@ impl RecvBuffers {
     }
 }
 
-/// Adds a finished check's checksum to its side and frees the buffer, or fails the run.
+/// Adds the checksum of side `k`'s buffer `slot` to the side and frees the buffer, or fails the
+/// run.
 fn retire(
     sides: &mut [Side],
     recv: &mut [RecvBuffers],
-    cell: usize,
+    (k, slot): (usize, usize),
     sum: Result<u64, String>,
 ) -> Result<(), BoxError> {
-    let k = recv
-        .iter()
-        .rposition(|r| r.first_cell <= cell && !r.holds.is_empty())
-        .ok_or("a check of no receive buffer")?;
     let side = &mut sides[k];
     let sum = sum.map_err(|e| format!("GPU {}: {e}", side.gpu))?;
     side.checksum = side.checksum.wrapping_add(sum);
-    recv[k].free.push_back(cell - recv[k].first_cell);
+    recv[k].free.push_back(slot);
     Ok(())
 }
 

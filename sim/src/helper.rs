@@ -197,9 +197,12 @@ struct Clock {
 }
 
 impl Clock {
-    fn add(counter: &AtomicU64, since: Instant) {
-        let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    /// Adds the time since `since` to `counter`; returns now, where the next span starts.
+    fn add(counter: &AtomicU64, since: Instant) -> Instant {
+        let now = Instant::now();
+        let ns = u64::try_from((now - since).as_nanos()).unwrap_or(u64::MAX);
         counter.fetch_add(ns, Ordering::Relaxed);
+        now
     }
 }
 
@@ -491,10 +494,11 @@ fn run(
             phase.set(Phase::Idle);
             let Ok(task) = rx.recv() else { break };
             // Waiting counts from the first task on: before it the comm was being set up.
-            if clock.chunks.load(Ordering::Relaxed) > 0 {
-                Clock::add(&clock.waiting_ns, since);
-            }
-            since = Instant::now();
+            since = if clock.chunks.load(Ordering::Relaxed) > 0 {
+                Clock::add(&clock.waiting_ns, since)
+            } else {
+                Instant::now()
+            };
             let Some(sock) = sockets.get(task.sock) else {
                 phase.set(Phase::Failed);
                 shared.fail(SimError::Protocol {
@@ -506,12 +510,11 @@ fn run(
                 Ok(()) => {
                     // Counted before the completion is published (release), so whoever sees
                     // the completion sees the count too.
-                    Clock::add(&clock.moving_ns, since);
+                    since = Clock::add(&clock.moving_ns, since);
                     clock.chunks.fetch_add(1, Ordering::Relaxed);
                     if let Some(c) = shared.completed.get(task.sock) {
                         c.fetch_add(1, Ordering::Release);
                     }
-                    since = Instant::now();
                 }
                 Err(e) => {
                     phase.set(Phase::Failed);
