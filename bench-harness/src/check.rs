@@ -13,12 +13,14 @@
 //!
 //! # Check pool
 //!
-//! One check thread per CPU this process may run on (or `--check-threads`), each pinned to one
-//! of them and running at `SCHED_IDLE` ([`idle_priority`]): whenever a CPU has nothing else to run,
-//! even for a few microseconds between two socket wake-ups of a helper thread, its own check
-//! thread is already there to use it, and any transfer thread that wakes preempts it at once. A
-//! few unpinned threads do not get those slices: the kernel does not pull waiting tasks onto CPUs
-//! that only go idle briefly, so they sat runnable while the machine was 25 % idle.
+//! One check thread per two CPUs this process may run on (or `--check-threads`), each pinned to
+//! one of them, spread evenly, and running at `SCHED_IDLE` ([`idle_priority`]): whenever its CPU
+//! has nothing else to run, even for a few microseconds between two socket wake-ups of a helper
+//! thread, the check thread is already there to use it, and any transfer thread that wakes
+//! preempts it at once. A few unpinned threads do not get those slices: the kernel does not pull
+//! waiting tasks onto CPUs that only go idle briefly, so they sat runnable while the machine was
+//! 25 % idle. One thread on *every* CPU was no faster on the 16-core H200 host and slower on the
+//! 2-core dev box: the CPUs without a check thread keep their caches for the socket copies.
 //!
 //! Work goes through a board of cells, one per receive buffer, without a lock: the main thread
 //! queues a cell (`FREE → QUEUED`), any check thread claims it (`QUEUED → CHECKING`, a CAS, so
@@ -70,17 +72,26 @@ pub fn fill(buf: &mut [u8], seed: u32) -> u64 {
     sum.wrapping_add(tail.iter().map(|&b| u64::from(b)).sum::<u64>())
 }
 
-/// Checks the pattern of `seed`; returns the checksum, or where the first wrong byte is.
-pub fn verify(buf: &[u8], seed: u32) -> Result<u64, String> {
-    // No early exit in the loop, so it vectorizes; the slow search names the first wrong word.
-    let mut words = buf.chunks_exact(8);
+/// The sum of the whole words of `buf` and the OR of their differences from the pattern of
+/// `seed`. No early exit, so the loop vectorizes; compiled for AVX-512 and AVX2 as well, picked
+/// at run time (on the H200 host's Xeons the SSE2 loop is compute-bound even from L2).
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2"))]
+fn scan(buf: &[u8], seed: u32) -> (u64, u64) {
     let (mut sum, mut bad) = (0u64, 0u64);
-    for (j, w) in (&mut words).enumerate() {
+    for (j, w) in buf.chunks_exact(8).enumerate() {
         let got = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
         bad |= got ^ pattern_word(seed, j as u64);
         sum = sum.wrapping_add(got);
     }
+    (sum, bad)
+}
+
+/// Checks the pattern of `seed`; returns the checksum, or where the first wrong byte is.
+pub fn verify(buf: &[u8], seed: u32) -> Result<u64, String> {
+    let words = buf.chunks_exact(8);
+    let (sum, bad) = scan(buf, seed);
     if bad != 0 {
+        // The slow search names the first wrong word.
         let (j, got) = buf
             .chunks_exact(8)
             .enumerate()
@@ -245,7 +256,7 @@ impl CheckPool {
         };
         for me in 0..threads {
             let board = Arc::clone(&pool.board);
-            let cpu = (!cpus.is_empty()).then(|| cpus[me % cpus.len()]);
+            let cpu = spread(cpus, me, threads);
             let spawned = thread::Builder::new()
                 .name(format!("tcpx-check{me}"))
                 .spawn_scoped(scope, move || {
@@ -355,6 +366,20 @@ pub fn allowed_cpus() -> Vec<usize> {
             Vec::new()
         }
     }
+}
+
+/// The CPU of check thread `me` of `threads`: spread evenly over `cpus` (8 threads on 16 CPUs
+/// take every other one), round-robin when there are more threads than CPUs; `None` without
+/// CPUs.
+fn spread(cpus: &[usize], me: usize, threads: usize) -> Option<usize> {
+    let n = cpus.len();
+    (n > 0).then(|| {
+        cpus[if threads <= n {
+            me * n / threads
+        } else {
+            me % n
+        }]
+    })
 }
 
 /// Pins the calling thread to `cpu` (left unpinned where that fails).
@@ -492,6 +517,46 @@ mod tests {
             assert_eq!(i, 0);
             assert!(r.is_err());
         });
+    }
+
+    #[test]
+    fn check_threads_spread_evenly_over_the_cpus() {
+        let cpus: Vec<usize> = (10..26).collect();
+        let on = |threads| -> Vec<usize> {
+            (0..threads)
+                .map(|me| spread(&cpus, me, threads).unwrap())
+                .collect()
+        };
+        assert_eq!(on(8), (10..26).step_by(2).collect::<Vec<_>>());
+        assert_eq!(on(16), cpus);
+        assert_eq!(on(1), [10]);
+        assert_eq!(on(3), [10, 15, 20]);
+        assert_eq!(
+            &on(18)[16..],
+            [10, 11],
+            "more threads than CPUs: round-robin"
+        );
+        assert_eq!(spread(&[], 0, 4), None);
+    }
+
+    #[test]
+    fn the_vectorized_scan_finds_a_wrong_bit_in_any_word() {
+        // The scan is compiled for several instruction sets: a flipped bit in any lane of any
+        // vector, or in the tail, must fail, and the checksum must match the sender's.
+        for len in [8 * 64 + 3, 8 * 67, 1000] {
+            let mut b = vec![0u8; len];
+            let sum = fill(&mut b, 9);
+            assert_eq!(verify(&b, 9), Ok(sum));
+            for at in 0..len {
+                b[at] ^= 0x80;
+                let e = verify(&b, 9).unwrap_err();
+                assert!(
+                    e.contains(&format!("byte offset {}", at / 8 * 8)) || at >= len / 8 * 8,
+                    "length {len}, byte {at}: {e}"
+                );
+                b[at] ^= 0x80;
+            }
+        }
     }
 
     #[test]

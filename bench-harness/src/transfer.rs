@@ -89,10 +89,14 @@ pub struct TransferArgs {
     /// Throughput is then total bytes over total time.
     #[arg(long, default_value_t = 1)]
     pub depth: u32,
-    /// With `--depth` > 1: threads that check received iterations, at idle priority, pinned to
-    /// the CPUs in turn (default: one per CPU this process may use).
+    /// With `--depth` > 1: threads that check received iterations, at idle priority, pinned
+    /// and spread evenly over the CPUs (default: one per two CPUs this process may use).
     #[arg(long)]
     pub check_threads: Option<u32>,
+    /// With `--depth` > 1: receive buffers beyond `--depth`, where the next iterations land
+    /// while finished ones wait for or undergo their check (default: one per check thread).
+    #[arg(long)]
+    pub spare_buffers: Option<u32>,
     /// Never yield the progress threads' CPUs while waiting (pure spinning).
     #[arg(long, env = "UCCL_TCPX_SPIN")]
     pub spin: bool,
@@ -268,17 +272,19 @@ impl TransferArgs {
     /// `--depth` > 1: iterations in flight, and the receiver's threads that check them.
     fn pipeline(&self) -> (u32, u32) {
         let depth = self.depth.max(1);
-        let cpus = || check::allowed_cpus().len().max(1) as u32;
+        // One check thread per two CPUs (check.rs says why), at least one.
+        let cpus = || check::allowed_cpus().len().div_ceil(2).max(1) as u32;
         (depth, self.check_threads.unwrap_or_else(cpus).max(1))
     }
 
     /// Buffers per side: one per iteration in flight, and on a pipelined receiver of host
-    /// memory one more per check thread, so checking never holds back the next receive (GPU
+    /// memory the spares (by default one per check thread), so checking does not hold back the
+    /// next receive (GPU
     /// buffers are checked on the calling thread before their next receive is posted).
     fn buffers(&self, sending: bool) -> u32 {
         let (depth, checkers) = self.pipeline();
         if depth > 1 && !sending && !self.no_verify && self.mem == Mem::Host {
-            depth + checkers
+            depth + self.spare_buffers.unwrap_or(checkers)
         } else {
             depth
         }
@@ -682,11 +688,12 @@ fn run_iterations(
 ///
 /// * Senders use buffer i % D for iteration i, filled once before the run with the pattern of
 ///   seed i % D: a received word from another buffer, iteration slot or offset fails the check.
-/// * A receiver has D + C buffers (C = check threads), all poisoned first. Iteration i goes into
+/// * A receiver has D + S buffers (S = `--spare-buffers`, by default one per check thread), all
+///   poisoned first. Iteration i goes into
 ///   a free one — the most recently checked one that does not hold seed i % D already, so a
 ///   chunk that never lands leaves stale words that fail the check; only when every free buffer
 ///   holds that seed is one poisoned first ([`check::must_poison`]). Once i completes on every
-///   side, the check pool ([`check::CheckPool`]: one idle-priority thread per CPU) verifies it
+///   side, the check pool ([`check::CheckPool`]: one idle-priority thread per two CPUs) checks it
 ///   against seed i % D, and the buffer is free again. Checks finish in any order.
 /// * Unverified runs skip the checks; GPU buffers are checked on this thread.
 ///
@@ -834,13 +841,14 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
             "{total} iterations, {depth} in flight, {} (rates over windows of {depth} completions)",
             if host_checks {
                 format!(
-                    "checked on {threads} idle-priority threads{}, {poisoned} buffers poisoned \
-                     before reuse",
+                    "checked on {threads} idle-priority threads{} over {} spare buffers, \
+                     {poisoned} buffers poisoned before reuse",
                     if cpus.is_empty() {
                         ""
                     } else {
-                        " pinned to the CPUs in turn"
-                    }
+                        " spread over the CPUs"
+                    },
+                    args.buffers(false) - depth
                 )
             } else if verify_data {
                 "checked on this thread".to_owned()

@@ -106,9 +106,9 @@ fn allowed_cpus() -> usize {
 }
 
 #[test]
-fn pipelined_default_pool_has_one_check_thread_per_cpu_and_reuses_buffers() {
+fn pipelined_default_pool_has_one_check_thread_per_two_cpus_and_reuses_buffers() {
     // Many small iterations over few buffers: buffers are reused for other seeds without
-    // poison, and (with 5 seeds over 5 + CPUs buffers) sometimes for the seed they hold.
+    // poison, and (with 5 seeds over 5 + CPUs / 2 buffers) sometimes for the seed they hold.
     let r = loopback(&[
         "--channels",
         "2",
@@ -125,8 +125,29 @@ fn pipelined_default_pool_has_one_check_thread_per_cpu_and_reuses_buffers() {
     assert!(
         groups
             .iter()
-            .any(|g| g["group"] == "tcpx-check*" && g["threads"] == cpus),
+            .any(|g| g["group"] == "tcpx-check*" && g["threads"] == cpus.div_ceil(2)),
         "{cpus} CPUs: {}",
         r["cpu"]
     );
+}
+
+#[test]
+fn pipelined_without_spare_buffers_waits_for_its_checks() {
+    // No spares: every receive buffer is in flight or being checked, so each post waits for a
+    // check to finish (the `posted == completed` path); every byte is still verified.
+    let r = loopback(&[
+        "--channels",
+        "3",
+        "--size",
+        "700KiB",
+        "--iters",
+        "60",
+        "--depth",
+        "2",
+        "--check-threads",
+        "3",
+        "--spare-buffers",
+        "0",
+    ]);
+    check(&r, 60);
 }
