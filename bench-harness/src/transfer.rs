@@ -443,7 +443,12 @@ impl Side {
 
     fn before(&mut self, iter: u32, verify_data: bool) -> Result<(), BoxError> {
         if !verify_data {
-            return Ok(()); // unverified runs move whatever the buffers hold
+            // Unverified senders still write each buffer once: a never-written buffer maps the
+            // kernel's zero page, and sending from it is a copy out of one cache-hot page.
+            if self.sending && (iter as usize) < self.buffers.len() {
+                self.slot(iter).0.fill(iter)?;
+            }
+            return Ok(());
         }
         if self.sending {
             let sum = self.slot(iter).0.fill(iter)?;
@@ -705,17 +710,17 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
     let (depth, checkers) = args.pipeline();
     let total = args.warmup + args.iters;
     let host_checks = verify_data && sides.iter().all(|s| s.buffers[0].0.host().is_some());
-    // Senders: each buffer's pattern and checksum, once. Receivers: poisoned, holding no seed.
+    // Senders: each buffer's pattern and checksum, once. Receivers: poisoned (when verifying),
+    // holding no seed.
     let mut sent_sums: Vec<Vec<u64>> = Vec::with_capacity(sides.len());
     for s in sides.iter_mut() {
         let mut sums = Vec::new();
-        if verify_data {
-            for (slot, (buf, _)) in s.buffers.iter_mut().enumerate() {
-                if s.sending {
-                    sums.push(buf.fill(slot as u32)?);
-                } else {
-                    buf.poison()?;
-                }
+        for (slot, (buf, _)) in s.buffers.iter_mut().enumerate() {
+            // Unverified senders write their buffers too (see `Side::before`).
+            if s.sending {
+                sums.push(buf.fill(slot as u32)?);
+            } else if verify_data {
+                buf.poison()?;
             }
         }
         sent_sums.push(sums);
