@@ -279,8 +279,8 @@ impl TransferArgs {
 
     /// Buffers per side: one per iteration in flight, and on a pipelined receiver of host
     /// memory the spares (by default one per check thread), so checking does not hold back the
-    /// next receive (GPU
-    /// buffers are checked on the calling thread before their next receive is posted).
+    /// next receive (GPU buffers are checked on the calling thread before their next receive is
+    /// posted).
     fn buffers(&self, sending: bool) -> u32 {
         let (depth, checkers) = self.pipeline();
         if depth > 1 && !sending && !self.no_verify && self.mem == Mem::Host {
@@ -694,12 +694,12 @@ fn run_iterations(
 /// * Senders use buffer i % D for iteration i, filled once before the run with the pattern of
 ///   seed i % D: a received word from another buffer, iteration slot or offset fails the check.
 /// * A receiver has D + S buffers (S = `--spare-buffers`, by default one per check thread), all
-///   poisoned first. Iteration i goes into
-///   a free one — the most recently checked one that does not hold seed i % D already, so a
-///   chunk that never lands leaves stale words that fail the check; only when every free buffer
-///   holds that seed is one poisoned first ([`check::must_poison`]). Once i completes on every
-///   side, the check pool ([`check::CheckPool`]: one idle-priority thread per two CPUs) checks it
-///   against seed i % D, and the buffer is free again. Checks finish in any order.
+///   poisoned first. Iteration i goes into a free one — the most recently checked one that does
+///   not hold seed i % D already, so a chunk that never lands leaves stale words that fail the
+///   check; only when every free buffer holds that seed is one poisoned first
+///   ([`check::must_poison`]). Once i completes on every side, the check pool
+///   ([`check::CheckPool`]: by default one idle-priority thread per two CPUs) checks it against
+///   seed i % D, and the buffer is free again. Checks finish in any order.
 /// * Unverified runs skip the checks; GPU buffers are checked on this thread.
 ///
 /// Returns one time per iteration: the interval between successive completions (their sum is
