@@ -85,7 +85,7 @@ pub struct TransferArgs {
     pub unpack: String,
     /// `loopback` only: keep this many iterations in flight (like iperf3, which never waits
     /// between writes). Each has its own buffer; the receiver checks finished ones on
-    /// `--check-threads` worker threads while the next move, in as many spare buffers.
+    /// `--check-threads` worker threads while the next ones land in `--spare-buffers`.
     /// Throughput is then total bytes over total time.
     #[arg(long, default_value_t = 1)]
     pub depth: u32,
