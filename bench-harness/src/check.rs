@@ -19,8 +19,9 @@
 //! thread, the check thread is already there to use it, and any transfer thread that wakes
 //! preempts it at once. A few unpinned threads do not get those slices: the kernel does not pull
 //! waiting tasks onto CPUs that only go idle briefly, so they sat runnable while the machine was
-//! 25 % idle. One thread on *every* CPU was no faster on the 16-core H200 host and slower on the
-//! 2-core dev box: the CPUs without a check thread keep their caches for the socket copies.
+//! 25 % idle. One thread on *every* CPU was ~10 % slower on the 2-core dev box and 2–3 % faster
+//! on the 16-core H200 host (within its noise; BENCHMARKS.md): one rule for both, the CPUs
+//! without a check thread keep their caches for the socket copies.
 //!
 //! Work goes through a board of cells, one per receive buffer, without a lock: the main thread
 //! queues a cell (`FREE → QUEUED`), any check thread claims it (`QUEUED → CHECKING`, a CAS, so
