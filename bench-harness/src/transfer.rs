@@ -846,7 +846,7 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
             "{total} iterations, {depth} in flight, {} (rates over windows of {depth} completions)",
             if host_checks {
                 format!(
-                    "checked on {threads} idle-priority threads{} over {} spare buffers, \
+                    "checked on {threads} idle-priority threads{} with {} spare buffers, \
                      {poisoned} buffers poisoned before reuse",
                     if cpus.is_empty() {
                         ""
