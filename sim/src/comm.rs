@@ -322,11 +322,27 @@ fn starved_warning(k: u64, waited: Duration, chunk: u32, unconsumed: u64) -> Str
     )
 }
 
-/// The oldest pending request as `test` keeps seeing it: which one, since when, WARNed yet.
+/// Sightings of the same pending request between two clock reads: `test` runs millions of
+/// times a second in a progress loop, and reading the clock on each would cost more than the
+/// rest of the call.
+const STALL_CLOCK_EVERY: u32 = 64;
+
+/// The oldest pending request as `test` keeps seeing it: which one, since when, how many more
+/// sightings until the clock is read again, WARNed yet. The clock is read when a request is first
+/// found pending and every [`STALL_CLOCK_EVERY`]-th sighting after, so a WARN comes at most that
+/// many `test` calls late.
 #[derive(Debug)]
 struct StallWatch {
     after: Duration,
-    current: Option<(u64, Instant, bool)>,
+    current: Option<Watched>,
+}
+
+#[derive(Debug)]
+struct Watched {
+    k: u64,
+    since: Instant,
+    until_clock: u32,
+    warned: bool,
 }
 
 impl StallWatch {
@@ -337,19 +353,42 @@ impl StallWatch {
         }
     }
 
+    /// A new threshold, applied from the next sighting on.
+    fn set_after(&mut self, after: Duration) {
+        self.after = after;
+        if let Some(w) = &mut self.current {
+            w.until_clock = 0;
+        }
+    }
+
     /// `test` found request `k` pending: how long it has been pending, when that is past the
     /// threshold for the first time.
     fn pending(&mut self, k: u64) -> Option<Duration> {
-        let now = Instant::now();
-        let (_, since, warned) = match &mut self.current {
-            Some(c) if c.0 == k => c,
-            c => c.insert((k, now, false)),
+        let w = match &mut self.current {
+            Some(w) if w.k == k => w,
+            c => {
+                c.replace(Watched {
+                    k,
+                    since: Instant::now(),
+                    until_clock: STALL_CLOCK_EVERY,
+                    warned: false,
+                });
+                return None;
+            }
         };
-        let waited = now.duration_since(*since);
-        if *warned || waited < self.after {
+        if w.warned {
             return None;
         }
-        *warned = true;
+        if w.until_clock > 0 {
+            w.until_clock -= 1;
+            return None;
+        }
+        w.until_clock = STALL_CLOCK_EVERY;
+        let waited = w.since.elapsed();
+        if waited < self.after {
+            return None;
+        }
+        w.warned = true;
         Some(waited)
     }
 }
@@ -544,7 +583,7 @@ impl SendComm {
 
     /// Sets the stall WARN threshold (tests use zero to assert the WARN without waiting).
     pub fn set_stall_warn_after(&mut self, after: Duration) {
-        self.stall.after = after;
+        self.stall.set_after(after);
     }
 
     /// Requests posted and not yet done.
@@ -865,7 +904,7 @@ impl RecvComm {
 
     /// Sets the stall WARN threshold (tests use zero to assert the WARN without waiting).
     pub fn set_stall_warn_after(&mut self, after: Duration) {
-        self.stall.after = after;
+        self.stall.set_after(after);
     }
 
     /// `irecvConsumed` on the receive in `slot`: frees the request and (CUDA receives) poisons
@@ -1957,6 +1996,28 @@ mod tests {
             .new_unpack_queue(&crate::log::Logger::Sink(sink))
             .unwrap();
         (send, RecvComm::new(rl, Some(q)).unwrap())
+    }
+
+    #[test]
+    fn the_stall_watch_reads_the_clock_every_64th_sighting_and_warns_once() {
+        let mut w = StallWatch::new();
+        w.set_after(Duration::ZERO);
+        // First sighting: the request's clock starts; the next 64 do not read it.
+        for i in 0..=STALL_CLOCK_EVERY {
+            assert_eq!(w.pending(7), None, "sighting {i}");
+        }
+        assert!(
+            w.pending(7).is_some(),
+            "the clock is read: past a zero threshold"
+        );
+        for _ in 0..3 * STALL_CLOCK_EVERY {
+            assert_eq!(w.pending(7), None, "once per request");
+        }
+        // A new head starts over; a new threshold applies at the next sighting.
+        w.set_after(Duration::from_secs(3600));
+        assert_eq!(w.pending(8), None);
+        w.set_after(Duration::ZERO);
+        assert!(w.pending(8).is_some());
     }
 
     #[test]

@@ -508,7 +508,11 @@ pub(crate) struct Engine {
     shared: Arc<Shared>,
     config: EngineConfig,
     thread: ThreadReport,
+    /// When the stall check last saw progress (or idleness): the clock is read only there,
+    /// every [`CLOCK_EVERY`] empty turns, never on a turn that moved something.
     last_progress: Instant,
+    /// Something moved (or the loop was idle) since the stall check last read the clock.
+    progressed_since_clock: bool,
     #[cfg(feature = "cuda")]
     gpu: Option<gpu::GpuRecv>,
     /// Why the GPU receive path could not start (reported to every connection added).
@@ -534,6 +538,7 @@ impl Engine {
             config,
             thread: ThreadReport::default(),
             last_progress: Instant::now(),
+            progressed_since_clock: false,
             #[cfg(feature = "cuda")]
             gpu: None,
             #[cfg(feature = "cuda")]
@@ -581,7 +586,7 @@ impl Engine {
             if self.shared.shutdown.load(Ordering::Acquire) {
                 break;
             }
-            self.last_progress = Instant::now();
+            self.progressed_since_clock = true;
             // Idle: spin briefly (a submission usually follows a completion closely), then
             // park until the endpoint unparks us, with a timeout as a safety net.
             if idle_turns > 4096 {
@@ -700,9 +705,7 @@ impl Engine {
         {
             progressed |= self.launch_pending();
         }
-        if progressed {
-            self.last_progress = Instant::now();
-        }
+        self.progressed_since_clock |= progressed;
         progressed
     }
 
@@ -895,7 +898,12 @@ impl Engine {
     }
 
     fn check_stall(&mut self) {
-        let waited = self.last_progress.elapsed();
+        let now = Instant::now();
+        if std::mem::take(&mut self.progressed_since_clock) {
+            self.last_progress = now;
+            return;
+        }
+        let waited = now - self.last_progress;
         if waited < self.config.stall_timeout {
             return;
         }
@@ -906,7 +914,7 @@ impl Engine {
                 self.fail_conn(c, TransferError::Stalled { waited, dump });
             }
         }
-        self.last_progress = Instant::now();
+        self.last_progress = now;
     }
 
     /// A human-readable picture of one connection's windows, for stall reports.
