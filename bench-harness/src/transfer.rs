@@ -277,13 +277,18 @@ impl TransferArgs {
         (depth, self.check_threads.unwrap_or_else(cpus).max(1))
     }
 
-    /// Buffers per side: one per iteration in flight, and on a pipelined receiver of host
-    /// memory the spares (by default one per check thread), so checking does not hold back the
-    /// next receive (GPU buffers are checked on the calling thread before their next receive is
-    /// posted).
+    /// Buffers per side: one per iteration in flight; a pipelined sender one more (one seed per
+    /// iteration in flight, and one its receive buffer does not hold: [`choose_seed`]), and a
+    /// pipelined receiver of host memory the spares (by default one per check thread), so
+    /// checking does not hold back the next receive (GPU buffers are checked on the calling
+    /// thread before their next receive is posted).
     fn buffers(&self, sending: bool) -> u32 {
         let (depth, checkers) = self.pipeline();
-        if depth > 1 && !sending && !self.no_verify && self.mem == Mem::Host {
+        if depth == 1 {
+            1
+        } else if sending {
+            depth + 1
+        } else if !self.no_verify && self.mem == Mem::Host {
             depth + self.spare_buffers.unwrap_or(checkers)
         } else {
             depth
@@ -399,8 +404,8 @@ struct Side {
     gpu: u32,
     ep: Endpoint,
     conn: Connection,
-    /// [`TransferArgs::buffers`] of them: iteration i uses `buffers[i % len]`, except on the
-    /// receiving side of a pipelined run, which takes whichever was checked first.
+    /// [`TransferArgs::buffers`] of them: iteration i uses `buffers[i % len]`, except in a
+    /// pipelined run, which picks a seed (sender buffer) and a receive buffer per iteration.
     buffers: Vec<(Buf, BufferId)>,
     sending: bool,
     checksum: u64,
@@ -508,6 +513,8 @@ struct Timed {
     /// Iterations per rate in the summary's median/min/max: 1, or `--depth` for a pipelined
     /// run, whose single completion intervals say little.
     window: u32,
+    /// A pipelined run's shape and buffer reuse (`null` otherwise).
+    pipeline: Value,
 }
 
 /// Timing of one iteration.
@@ -686,20 +693,23 @@ fn run_iterations(
         times,
         cpu: usage.report(),
         window: 1,
+        pipeline: Value::Null,
     })
 }
 
 /// `--depth D`: D iterations in flight on every side at once (`loopback`).
 ///
-/// * Senders use buffer i % D for iteration i, filled once before the run with the pattern of
-///   seed i % D: a received word from another buffer, iteration slot or offset fails the check.
+/// * A sender has D + 1 buffers, buffer s filled once before the run with the pattern of seed
+///   s: a received word from another buffer, iteration or offset fails the check.
 /// * A receiver has D + S buffers (S = `--spare-buffers`, by default one per check thread), all
-///   poisoned first. Iteration i goes into a free one — the most recently checked one that does
-///   not hold seed i % D already, so a chunk that never lands leaves stale words that fail the
-///   check; only when every free buffer holds that seed is one poisoned first
-///   ([`check::must_poison`]). Once i completes on every side, the check pool
+///   poisoned first. Iteration i goes into the most recently checked free buffer (still in
+///   cache) with a seed that no other iteration in flight has and that this buffer does not
+///   hold ([`choose_seed`]; D + 1 seeds always leave one): a chunk that lands in another
+///   iteration's buffer, or never lands and leaves stale words behind, fails the check, and no
+///   buffer needs poisoning (with several receivers a buffer is poisoned when no seed fits:
+///   [`check::must_poison`]). Once i completes on every side, the check pool
 ///   ([`check::CheckPool`]: by default one idle-priority thread per two CPUs) checks it against
-///   seed i % D, and the buffer is free again. Checks finish in any order.
+///   its seed, and the buffer is free again. Checks finish in any order.
 /// * Unverified runs skip the checks; GPU buffers are checked on this thread.
 ///
 /// Returns one time per iteration: the interval between successive completions (their sum is
@@ -746,6 +756,8 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
     let cpus = check::allowed_cpus();
     let mut poisoned = 0u64;
     let mut inflight: Vec<VecDeque<(usize, TransferId)>> = vec![VecDeque::new(); sides.len()];
+    // The seed of every iteration in flight, oldest first.
+    let mut seeds: VecDeque<u32> = VecDeque::with_capacity(depth as usize);
     let mut times = Vec::new();
     let cpu_start = cpu::Snapshot::take();
     let (cpu_end, threads) = std::thread::scope(|scope| -> Result<_, BoxError> {
@@ -762,11 +774,18 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
                     .zip(&recv)
                     .all(|(s, r)| s.sending || !r.free.is_empty())
             {
-                let seed = posted % depth;
+                let newest = sides
+                    .iter()
+                    .zip(&recv)
+                    .filter(|(s, _)| !s.sending)
+                    .map(|(_, r)| r.newest_holds());
+                let nseeds = depth + 1;
+                let seed = choose_seed(posted % nseeds, nseeds, &seeds, newest);
+                seeds.push_back(seed);
                 for (k, s) in sides.iter_mut().enumerate() {
-                    // A sender's buffer i % D is free again: iteration i - D completed.
+                    // Sender buffer `seed` holds that seed's pattern.
                     let slot = if s.sending {
-                        posted as usize % s.buffers.len()
+                        seed as usize
                     } else {
                         let r = &mut recv[k];
                         let slot = r.take(seed).ok_or("no free buffer")?;
@@ -810,7 +829,7 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
             }
             last = now;
             completed += 1;
-            let seed = iter % depth;
+            let seed = seeds.pop_front().ok_or("nothing in flight")?;
             for (k, s) in sides.iter_mut().enumerate() {
                 let (slot, _) = inflight[k].pop_front().ok_or("nothing in flight")?;
                 if s.sending {
@@ -866,6 +885,12 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
         times,
         cpu: cpu::report(&cpu_start, &cpu_end),
         window: depth,
+        pipeline: json!({
+            "depth": depth,
+            "check_threads": threads,
+            "receive_buffers": args.buffers(false),
+            "poisoned": poisoned,
+        }),
     })
 }
 
@@ -879,7 +904,40 @@ struct RecvBuffers {
     first_cell: usize,
 }
 
+/// The seed of the next iteration, out of `seeds` (one per sender buffer), given the seeds of
+/// the iterations in flight and what the buffers it will land in hold (`newest`: one per
+/// receiving side, the most recently freed buffer's content): the first of `preferred`,
+/// `preferred + 1`, … (mod `seeds`) that no iteration in flight has and none of those buffers
+/// holds. With `seeds` = depth + 1 and one receiver there always is one, so iterations in flight
+/// never share a seed (a chunk of one landing in another's buffer fails the check) and no buffer
+/// needs poisoning. Otherwise the first seed not in flight (the caller poisons a buffer that
+/// holds it).
+fn choose_seed(
+    preferred: u32,
+    seeds: u32,
+    in_flight: &VecDeque<u32>,
+    newest: impl Iterator<Item = Option<Option<u32>>> + Clone,
+) -> u32 {
+    let rotation = (0..seeds)
+        .map(|d| (preferred + d) % seeds)
+        .filter(|seed| !in_flight.contains(seed));
+    rotation
+        .clone()
+        .find(|&seed| {
+            newest
+                .clone()
+                .all(|held| !held.is_some_and(|h| check::must_poison(h, seed)))
+        })
+        .or_else(|| rotation.clone().next())
+        .unwrap_or(preferred)
+}
+
 impl RecvBuffers {
+    /// What the most recently freed buffer holds (`None`: no buffer is free).
+    fn newest_holds(&self) -> Option<Option<u32>> {
+        self.free.back().map(|&b| self.holds[b])
+    }
+
     /// A free buffer for seed `seed`: the most recently freed one that does not hold it (still
     /// in cache, no poison needed), else the most recently freed one.
     fn take(&mut self, seed: u32) -> Option<usize> {
@@ -952,6 +1010,7 @@ fn print_report(
         "iterations": times.iter().map(|t| json!({"iter": t.iter, "ms": t.secs * 1e3})).collect::<Vec<_>>(),
         "endpoints": reports,
         "cpu": run.cpu,
+        "pipeline": run.pipeline,
         "extra": extra,
     });
     if args.json {
@@ -981,10 +1040,13 @@ fn print_report(
     for r in &reports {
         let t = &r["progress_thread"];
         println!(
-            "GPU {} ({}): progress thread pinned to {}, last on CPU {}",
+            "GPU {} ({}): progress thread {}, last on CPU {}",
             r["gpu"],
             r["role"].as_str().unwrap_or("?"),
-            t["pinned"],
+            match &t["pinned"] {
+                Value::Null => "not pinned".to_owned(),
+                p => format!("pinned to {p}"),
+            },
             t["last_cpu"]
         );
         for n in r["nics"].as_array().into_iter().flatten() {
@@ -1281,6 +1343,39 @@ mod tests {
         assert_eq!(parse_size("1GiB"), Ok(1 << 30));
         assert!(parse_size("12 parsecs").is_err());
         assert!(parse_size("99999999999GiB").is_err());
+    }
+
+    #[test]
+    fn an_iteration_gets_a_seed_no_iteration_in_flight_has_and_its_buffer_does_not_hold() {
+        fn newest(
+            h: &[Option<Option<u32>>],
+        ) -> impl Iterator<Item = Option<Option<u32>>> + Clone + '_ {
+            h.iter().copied()
+        }
+        let flying = |f: &[u32]| f.iter().copied().collect::<VecDeque<u32>>();
+        // Nothing in flight, the buffer holds another seed or poison: the preferred one.
+        assert_eq!(choose_seed(3, 9, &flying(&[]), newest(&[Some(Some(1))])), 3);
+        assert_eq!(choose_seed(3, 9, &flying(&[]), newest(&[Some(None)])), 3);
+        // It holds the preferred seed: the next one, wrapping.
+        assert_eq!(choose_seed(3, 9, &flying(&[]), newest(&[Some(Some(3))])), 4);
+        assert_eq!(choose_seed(2, 3, &flying(&[]), newest(&[Some(Some(2))])), 0);
+        // Seeds in flight are skipped: depth 2 (3 seeds), 0 in flight, the buffer holds 1.
+        assert_eq!(
+            choose_seed(0, 3, &flying(&[0]), newest(&[Some(Some(1))])),
+            2
+        );
+        // Depth 8 (9 seeds), 7 in flight and the buffer holds the eighth: the ninth.
+        let seven = [0, 1, 2, 3, 4, 5, 6];
+        assert_eq!(
+            choose_seed(0, 9, &flying(&seven), newest(&[Some(Some(7))])),
+            8
+        );
+        // Two receivers: a seed neither holds, else one not in flight (to be poisoned).
+        let two = [Some(Some(1)), Some(Some(2))];
+        assert_eq!(choose_seed(1, 4, &flying(&[0]), newest(&two)), 3);
+        assert_eq!(choose_seed(1, 3, &flying(&[0]), newest(&two)), 1);
+        // Senders only: the preferred seed.
+        assert_eq!(choose_seed(5, 9, &flying(&[]), newest(&[])), 5);
     }
 
     #[test]

@@ -107,8 +107,8 @@ fn allowed_cpus() -> usize {
 
 #[test]
 fn pipelined_default_pool_has_one_check_thread_per_two_cpus_and_reuses_buffers() {
-    // Many small iterations over few buffers: buffers are reused for other seeds without
-    // poison, and (with 5 seeds over 5 + CPUs / 2 buffers) sometimes for the seed they hold.
+    // Many small iterations over few buffers: each reuse gets a seed its buffer does not hold,
+    // so no buffer is ever poisoned after the first pass.
     let r = loopback(&[
         "--channels",
         "2",
@@ -120,8 +120,12 @@ fn pipelined_default_pool_has_one_check_thread_per_two_cpus_and_reuses_buffers()
         "5",
     ]);
     check(&r, 400);
-    let groups = r["cpu"]["groups"].as_array().unwrap();
     let cpus = allowed_cpus();
+    assert_eq!(r["pipeline"]["depth"], 5);
+    assert_eq!(r["pipeline"]["check_threads"], cpus.div_ceil(2));
+    assert_eq!(r["pipeline"]["receive_buffers"], 5 + cpus.div_ceil(2));
+    assert_eq!(r["pipeline"]["poisoned"], 0, "{}", r["pipeline"]);
+    let groups = r["cpu"]["groups"].as_array().unwrap();
     assert!(
         groups
             .iter()
