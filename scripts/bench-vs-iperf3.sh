@@ -2,15 +2,15 @@
 # One command, two measurements on loopback, side by side:
 #   1. N parallel iperf3 client/server pairs (N processes each side; not `iperf3 -P N`, which
 #      serves every stream from one thread in iperf3 3.12), summed;
-#   2. `tcpx-bench loopback` with N channels over tcpx-sim, every byte verified: by default 8
-#      iterations of 8 MiB in flight (a stream, like iperf3's), each cut into 1 MiB chunks so
-#      it spans all 8 channels, checked on idle-priority threads, one per two CPUs, while the next
-#      ones move.
+#   2. `tcpx-bench loopback` with N channels over tcpx-sim, every byte verified: by default 16
+#      iterations of 1 MiB in flight (a stream, like iperf3's: one chunk each, two per channel
+#      with 8 channels), checked on idle-priority threads, one per two CPUs, while the next ones
+#      move.
 # Prints both, their ratio and where tcpx-bench's CPU time went, then one JSON line.
 #
 # usage: scripts/bench-vs-iperf3.sh [-n N] [-t SECONDS] [--bench PATH] [--iperf3-root DIR]
 #                                   [-- tcpx-bench loopback arguments]
-#   after --            replaces the default `--depth 8 --size 8MiB --iters 8000 --chunk-bytes 1MiB` (e.g.
+#   after --            replaces the default `--depth 16 --size 1MiB --iters 64000 --chunk-bytes 1MiB` (e.g.
 #                       `--size 256MiB --iters 20`: one iteration at a time, checked between)
 #   --bench PATH        tcpx-bench binary (default: target/release/tcpx-bench, built if missing)
 #   --iperf3-root DIR   a folder where iperf3's .deb files were unpacked with `dpkg -x`
@@ -24,7 +24,7 @@ while [[ $# -gt 0 ]]; do
     --bench) BENCH=$2; shift 2 ;;
     --iperf3-root) ROOT=$2; shift 2 ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;
     *) echo "unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -61,7 +61,7 @@ PY
 echo "iperf3: $iperf_gbps GB/s" >&2
 
 echo "== tcpx-bench loopback, $N channels" >&2
-if [[ $# -eq 0 ]]; then set -- --depth 8 --size 8MiB --iters 8000 --chunk-bytes 1MiB; fi
+if [[ $# -eq 0 ]]; then set -- --depth 16 --size 1MiB --iters 64000 --chunk-bytes 1MiB; fi
 echo "   tcpx-bench loopback --channels $N $*" >&2
 "$BENCH" loopback --channels "$N" --json "$@" >"$tmp/tcpx.json"
 tcpx_gbps=$(python3 -c 'import json,sys; print("%.3f" % json.load(open(sys.argv[1]))["summary"]["avg_gbps"])' "$tmp/tcpx.json")
