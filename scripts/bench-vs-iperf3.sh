@@ -4,7 +4,7 @@
 #      serves every stream from one thread in iperf3 3.12), summed;
 #   2. `tcpx-bench loopback` with N channels over tcpx-sim, every byte verified: by default 16
 #      iterations of 1 MiB in flight (a stream, like iperf3's: one chunk each, two per channel
-#      with 8 channels), checked on idle-priority threads, one per two CPUs, while the next ones
+#      with 8 channels), checked on idle-priority threads, one per CPU, while the next ones
 #      move.
 # Prints both, their ratio and where tcpx-bench's CPU time went, then one JSON line.
 #

@@ -13,15 +13,15 @@
 //!
 //! # Check pool
 //!
-//! One check thread per two CPUs this process may run on (or `--check-threads`), each pinned to
-//! one of them, spread evenly, and running at `SCHED_IDLE` ([`idle_priority`]): whenever its CPU
-//! has nothing else to run, even for a few microseconds between two socket wake-ups of a helper
+//! One check thread per CPU this process may run on (or `--check-threads`, then spread evenly),
+//! each pinned to its CPU and running at `SCHED_IDLE` ([`idle_priority`]): whenever its CPU has
+//! nothing else to run, even for a few microseconds between two socket wake-ups of a helper
 //! thread, the check thread is already there to use it, and any transfer thread that wakes
 //! preempts it at once. A few unpinned threads do not get those slices: the kernel does not pull
 //! waiting tasks onto CPUs that only go idle briefly, so they sat runnable while the machine was
-//! 25 % idle. One thread on *every* CPU was ~10 % slower on the 2-core dev box and 2–3 % faster
-//! on the 16-core H200 host (within its noise; BENCHMARKS.md): one rule for both, the CPUs
-//! without a check thread keep their caches for the socket copies.
+//! 25 % idle. A CPU without a check thread wastes its idle slices: with 16 MiB in flight one
+//! thread per CPU moved 12–25 % more than one per two CPUs on the 2-core dev box, 2–3 % more on
+//! the 16-core H200 host in session 4, with 64 MiB in flight (BENCHMARKS.md).
 //!
 //! Work goes through a board of cells, one per receive buffer, without a lock: the main thread
 //! queues a cell (`FREE → QUEUED`), any check thread claims it (`QUEUED → CHECKING`, a CAS, so

@@ -90,7 +90,7 @@ pub struct TransferArgs {
     #[arg(long, default_value_t = 1)]
     pub depth: u32,
     /// With `--depth` > 1: threads that check received iterations, at idle priority, pinned
-    /// and spread evenly over the CPUs (default: one per two CPUs this process may use).
+    /// and spread evenly over the CPUs (default: one per CPU this process may use).
     #[arg(long)]
     pub check_threads: Option<u32>,
     /// With `--depth` > 1: receive buffers beyond `--depth`, where the next iterations land
@@ -272,8 +272,8 @@ impl TransferArgs {
     /// `--depth` > 1: iterations in flight, and the receiver's threads that check them.
     fn pipeline(&self) -> (u32, u32) {
         let depth = self.depth.max(1);
-        // One check thread per two CPUs (check.rs says why), at least one.
-        let cpus = || check::allowed_cpus().len().div_ceil(2).max(1) as u32;
+        // One check thread per CPU (check.rs says why), at least one.
+        let cpus = || check::allowed_cpus().len().max(1) as u32;
         (depth, self.check_threads.unwrap_or_else(cpus).max(1))
     }
 
@@ -708,7 +708,7 @@ fn run_iterations(
 ///   iteration's buffer, or never lands and leaves stale words behind, fails the check, and no
 ///   buffer needs poisoning (with several receivers a buffer is poisoned when no seed fits:
 ///   [`check::must_poison`]). Once i completes on every side, the check pool
-///   ([`check::CheckPool`]: by default one idle-priority thread per two CPUs) checks it against
+///   ([`check::CheckPool`]: by default one idle-priority thread per CPU) checks it against
 ///   its seed, and the buffer is free again. Checks finish in any order.
 /// * Unverified runs skip the checks; GPU buffers are checked on this thread.
 ///

@@ -106,7 +106,7 @@ fn allowed_cpus() -> usize {
 }
 
 #[test]
-fn pipelined_default_pool_has_one_check_thread_per_two_cpus_and_reuses_buffers() {
+fn pipelined_default_pool_has_one_check_thread_per_cpu_and_reuses_buffers() {
     // Many small iterations over few buffers: each reuse gets a seed its buffer does not hold,
     // so no buffer is ever poisoned after the first pass.
     let r = loopback(&[
@@ -122,14 +122,14 @@ fn pipelined_default_pool_has_one_check_thread_per_two_cpus_and_reuses_buffers()
     check(&r, 400);
     let cpus = allowed_cpus();
     assert_eq!(r["pipeline"]["depth"], 5);
-    assert_eq!(r["pipeline"]["check_threads"], cpus.div_ceil(2));
-    assert_eq!(r["pipeline"]["receive_buffers"], 5 + cpus.div_ceil(2));
+    assert_eq!(r["pipeline"]["check_threads"], cpus);
+    assert_eq!(r["pipeline"]["receive_buffers"], 5 + cpus);
     assert_eq!(r["pipeline"]["poisoned"], 0, "{}", r["pipeline"]);
     let groups = r["cpu"]["groups"].as_array().unwrap();
     assert!(
         groups
             .iter()
-            .any(|g| g["group"] == "tcpx-check*" && g["threads"] == cpus.div_ceil(2)),
+            .any(|g| g["group"] == "tcpx-check*" && g["threads"] == cpus),
         "{cpus} CPUs: {}",
         r["cpu"]
     );
