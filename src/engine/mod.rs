@@ -22,9 +22,9 @@
 //!   CPU after every empty turn (`EngineConfig::yield_when_waiting`): where CPUs are scarce the
 //!   plugin's socket threads get them, where they are not `sched_yield` returns at once.
 //! * After setup nothing on this path allocates or makes a syscall of its own beyond the plugin
-//!   calls and those yields (a counting-allocator test holds it to the first). The one lock is taken when a
-//!   completion is pushed while a user thread is parked in `Endpoint::wait` (to unpark it):
-//!   once per transfer, never per chunk. Completions cannot overflow: the
+//!   calls and those yields (a counting-allocator test holds it to the first). The one lock is
+//!   taken when a completion is pushed while a user thread is parked in `Endpoint::wait` (to
+//!   unpark it): once per transfer, never per chunk. Completions cannot overflow: the
 //!   [`Endpoint`](crate::endpoint::Endpoint) admits at most [`MAX_IN_FLIGHT`] transfers.
 //! * Dropping the endpoint fails what is still in flight with [`TransferError::Shutdown`].
 //! * A transfer with in-flight chunks that sees no progress (no post, no completed request) for
