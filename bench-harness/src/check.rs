@@ -73,6 +73,12 @@ pub fn fill(buf: &mut [u8], seed: u32) -> u64 {
     sum.wrapping_add(tail.iter().map(|&b| u64::from(b)).sum::<u64>())
 }
 
+/// The little-endian word of 8 bytes `w` (inlined into every compiled version of [`scan`]).
+#[inline(always)]
+fn word(w: &[u8]) -> u64 {
+    u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]])
+}
+
 /// The sum of the whole words of `buf` and the OR of their differences from the pattern of
 /// `seed`. No early exit, so the loop vectorizes; compiled for AVX-512 and AVX2 as well, picked
 /// at run time (on the H200 host's Xeons the SSE2 loop is compute-bound even from L2).
@@ -80,7 +86,7 @@ pub fn fill(buf: &mut [u8], seed: u32) -> u64 {
 fn scan(buf: &[u8], seed: u32) -> (u64, u64) {
     let (mut sum, mut bad) = (0u64, 0u64);
     for (j, w) in buf.chunks_exact(8).enumerate() {
-        let got = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        let got = word(w);
         bad |= got ^ pattern_word(seed, j as u64);
         sum = sum.wrapping_add(got);
     }
@@ -96,10 +102,7 @@ pub fn verify(buf: &[u8], seed: u32) -> Result<u64, String> {
         let (j, got) = buf
             .chunks_exact(8)
             .enumerate()
-            .map(|(j, w)| {
-                let got = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-                (j as u64, got)
-            })
+            .map(|(j, w)| (j as u64, word(w)))
             .find(|&(j, got)| got != pattern_word(seed, j))
             .unwrap_or((0, 0));
         return Err(format!(

@@ -6,8 +6,9 @@
 //! pattern that encodes the iteration and each 8-byte word's offset, and (unless
 //! `--no-verify`) the receiver checks every byte after the timed region; both sides exchange
 //! checksums at the end. `loopback --depth D` streams instead: D iterations in flight, the
-//! pattern encoding the sender's buffer (iteration % D) and each word's offset, received
-//! buffers checked by a pool of idle-priority threads while the next ones move
+//! pattern encoding the sender's buffer (a seed no other iteration in flight has) and each
+//! word's offset, received buffers checked by a pool of idle-priority threads while the next
+//! ones move
 //! ([`run_pipelined`], [`crate::check`]). Throughput is GB/s with GB = 10^9 bytes; every report
 //! ends with the CPU use of the timed iterations ([`crate::cpu`]).
 
@@ -754,6 +755,7 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
         }
     }
     let cpus = check::allowed_cpus();
+    let receive_buffers = args.buffers(false);
     let mut poisoned = 0u64;
     let mut inflight: Vec<VecDeque<(usize, TransferId)>> = vec![VecDeque::new(); sides.len()];
     // The seed of every iteration in flight, oldest first.
@@ -872,7 +874,7 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
                     } else {
                         " spread over the CPUs"
                     },
-                    args.buffers(false) - depth
+                    receive_buffers - depth
                 )
             } else if verify_data {
                 "checked on this thread".to_owned()
@@ -888,7 +890,7 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
         pipeline: json!({
             "depth": depth,
             "check_threads": threads,
-            "receive_buffers": args.buffers(false),
+            "receive_buffers": receive_buffers,
             "poisoned": poisoned,
         }),
     })
@@ -906,7 +908,8 @@ struct RecvBuffers {
 
 /// The seed of the next iteration, out of `seeds` (one per sender buffer), given the seeds of
 /// the iterations in flight and what the buffers it will land in hold (`newest`: one per
-/// receiving side, the most recently freed buffer's content): the first of `preferred`,
+/// receiving side, the seed the most recently freed buffer holds; `None` for poison or no
+/// free buffer): the first of `preferred`,
 /// `preferred + 1`, … (mod `seeds`) that no iteration in flight has and none of those buffers
 /// holds. With `seeds` = depth + 1 and one receiver there always is one, so iterations in flight
 /// never share a seed (a chunk of one landing in another's buffer fails the check) and no buffer
@@ -916,26 +919,22 @@ fn choose_seed(
     preferred: u32,
     seeds: u32,
     in_flight: &VecDeque<u32>,
-    newest: impl Iterator<Item = Option<Option<u32>>> + Clone,
+    newest: impl Iterator<Item = Option<u32>> + Clone,
 ) -> u32 {
     let rotation = (0..seeds)
         .map(|d| (preferred + d) % seeds)
         .filter(|seed| !in_flight.contains(seed));
     rotation
         .clone()
-        .find(|&seed| {
-            newest
-                .clone()
-                .all(|held| !held.is_some_and(|h| check::must_poison(h, seed)))
-        })
+        .find(|&seed| newest.clone().all(|held| !check::must_poison(held, seed)))
         .or_else(|| rotation.clone().next())
         .unwrap_or(preferred)
 }
 
 impl RecvBuffers {
-    /// What the most recently freed buffer holds (`None`: no buffer is free).
-    fn newest_holds(&self) -> Option<Option<u32>> {
-        self.free.back().map(|&b| self.holds[b])
+    /// The seed the most recently freed buffer holds (`None`: poison, or no buffer is free).
+    fn newest_holds(&self) -> Option<u32> {
+        self.free.back().and_then(|&b| self.holds[b])
     }
 
     /// A free buffer for seed `seed`: the most recently freed one that does not hold it (still
@@ -1347,31 +1346,23 @@ mod tests {
 
     #[test]
     fn an_iteration_gets_a_seed_no_iteration_in_flight_has_and_its_buffer_does_not_hold() {
-        fn newest(
-            h: &[Option<Option<u32>>],
-        ) -> impl Iterator<Item = Option<Option<u32>>> + Clone + '_ {
+        fn newest(h: &[Option<u32>]) -> impl Iterator<Item = Option<u32>> + Clone + '_ {
             h.iter().copied()
         }
         let flying = |f: &[u32]| f.iter().copied().collect::<VecDeque<u32>>();
         // Nothing in flight, the buffer holds another seed or poison: the preferred one.
-        assert_eq!(choose_seed(3, 9, &flying(&[]), newest(&[Some(Some(1))])), 3);
-        assert_eq!(choose_seed(3, 9, &flying(&[]), newest(&[Some(None)])), 3);
+        assert_eq!(choose_seed(3, 9, &flying(&[]), newest(&[Some(1)])), 3);
+        assert_eq!(choose_seed(3, 9, &flying(&[]), newest(&[None])), 3);
         // It holds the preferred seed: the next one, wrapping.
-        assert_eq!(choose_seed(3, 9, &flying(&[]), newest(&[Some(Some(3))])), 4);
-        assert_eq!(choose_seed(2, 3, &flying(&[]), newest(&[Some(Some(2))])), 0);
+        assert_eq!(choose_seed(3, 9, &flying(&[]), newest(&[Some(3)])), 4);
+        assert_eq!(choose_seed(2, 3, &flying(&[]), newest(&[Some(2)])), 0);
         // Seeds in flight are skipped: depth 2 (3 seeds), 0 in flight, the buffer holds 1.
-        assert_eq!(
-            choose_seed(0, 3, &flying(&[0]), newest(&[Some(Some(1))])),
-            2
-        );
+        assert_eq!(choose_seed(0, 3, &flying(&[0]), newest(&[Some(1)])), 2);
         // Depth 8 (9 seeds), 7 in flight and the buffer holds the eighth: the ninth.
         let seven = [0, 1, 2, 3, 4, 5, 6];
-        assert_eq!(
-            choose_seed(0, 9, &flying(&seven), newest(&[Some(Some(7))])),
-            8
-        );
+        assert_eq!(choose_seed(0, 9, &flying(&seven), newest(&[Some(7)])), 8);
         // Two receivers: a seed neither holds, else one not in flight (to be poisoned).
-        let two = [Some(Some(1)), Some(Some(2))];
+        let two = [Some(1), Some(2)];
         assert_eq!(choose_seed(1, 4, &flying(&[0]), newest(&two)), 3);
         assert_eq!(choose_seed(1, 3, &flying(&[0]), newest(&two)), 1);
         // Senders only: the preferred seed.

@@ -13,10 +13,9 @@
 //! * [`HostBuffer`] memory is 4 KiB aligned, zero-initialised and owned; a buffer of at least
 //!   [`HostBuffer::HUGE_PAGE`] bytes is 2 MiB aligned and asks for transparent huge pages (fewer
 //!   TLB misses for the kernel's socket copies and the bench's check: reading 128 MiB of them
-//!   cold ran at 16 GB/s instead of 9 on the dev box; no change on the H200 host). Its bytes are
-//!   reached
-//!   through [`HostBuffer::lock`], which succeeds only while no request on the buffer is in
-//!   flight, and while it is held every post into the buffer fails with
+//!   cold ran at 16 GB/s instead of 9 on the dev box; no change on the H200 host). Its bytes
+//!   are reached through [`HostBuffer::lock`], which succeeds only while no request on the
+//!   buffer is in flight, and while it is held every post into the buffer fails with
 //!   [`PluginError::Locked`]: the owner and the plugin never touch the bytes at the same time.
 //!   A request counts as in flight from the post until `test` reports it done (or its comm is
 //!   closed).
