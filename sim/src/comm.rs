@@ -365,25 +365,24 @@ impl StallWatch {
     /// threshold for the first time.
     fn pending(&mut self, k: u64) -> Option<Duration> {
         let w = match &mut self.current {
-            Some(w) if w.k == k => w,
-            c => {
-                c.replace(Watched {
-                    k,
-                    since: Instant::now(),
-                    until_clock: STALL_CLOCK_EVERY,
-                    warned: false,
-                });
-                return None;
+            Some(w) if w.k == k => {
+                if w.warned {
+                    return None;
+                }
+                if w.until_clock > 0 {
+                    w.until_clock -= 1;
+                    return None;
+                }
+                w.until_clock = STALL_CLOCK_EVERY;
+                w
             }
+            c => c.insert(Watched {
+                k,
+                since: Instant::now(),
+                until_clock: STALL_CLOCK_EVERY,
+                warned: false,
+            }),
         };
-        if w.warned {
-            return None;
-        }
-        if w.until_clock > 0 {
-            w.until_clock -= 1;
-            return None;
-        }
-        w.until_clock = STALL_CLOCK_EVERY;
         let waited = w.since.elapsed();
         if waited < self.after {
             return None;
@@ -2001,9 +2000,12 @@ mod tests {
     #[test]
     fn the_stall_watch_reads_the_clock_every_64th_sighting_and_warns_once() {
         let mut w = StallWatch::new();
-        w.set_after(Duration::ZERO);
-        // First sighting: the request's clock starts; the next 64 do not read it.
-        for i in 0..=STALL_CLOCK_EVERY {
+        w.set_after(Duration::from_secs(3600));
+        assert_eq!(w.pending(7), None, "first sighting, below the threshold");
+        // A threshold changed behind the watch's back is seen only when it reads the clock
+        // again: after 64 more sightings.
+        w.after = Duration::ZERO;
+        for i in 0..STALL_CLOCK_EVERY {
             assert_eq!(w.pending(7), None, "sighting {i}");
         }
         assert!(
@@ -2013,11 +2015,12 @@ mod tests {
         for _ in 0..3 * STALL_CLOCK_EVERY {
             assert_eq!(w.pending(7), None, "once per request");
         }
-        // A new head starts over; a new threshold applies at the next sighting.
+        // A new head is clocked at its first sighting; `set_after` applies at the next one.
+        assert!(w.pending(8).is_some(), "a zero threshold warns at once");
         w.set_after(Duration::from_secs(3600));
-        assert_eq!(w.pending(8), None);
+        assert_eq!(w.pending(9), None);
         w.set_after(Duration::ZERO);
-        assert!(w.pending(8).is_some());
+        assert!(w.pending(9).is_some());
     }
 
     #[test]
