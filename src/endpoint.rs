@@ -397,6 +397,9 @@ impl Endpoint {
         &self.plugin
     }
 
+    /// A setup-path request to the progress thread, answered at the top of its next loop turn.
+    /// A thread that does not answer within the stall timeout (stuck in a plugin call) is a
+    /// [`Error::Timeout`], not a hang.
     fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> engine::Control) -> Result<T, Error> {
         let (tx, rx) = mpsc::channel();
         self.control.send(make(tx)).map_err(|_| Error::EngineGone)?;
@@ -404,7 +407,14 @@ impl Endpoint {
         if let Some(t) = &self.thread {
             t.thread().unpark();
         }
-        rx.recv().map_err(|_| Error::EngineGone)
+        let waited = self.config.stall_timeout;
+        rx.recv_timeout(waited).map_err(|e| match e {
+            mpsc::RecvTimeoutError::Timeout => Error::Timeout {
+                what: "the progress thread's answer",
+                waited,
+            },
+            mpsc::RecvTimeoutError::Disconnected => Error::EngineGone,
+        })
     }
 
     /// Register a buffer on every channel of every connection (and of connections made later).
@@ -541,6 +551,21 @@ impl Endpoint {
         let Message::Handles(h) = control.expect(MessageKind::Handles, deadline)? else {
             return Err(Error::Unknown("bootstrap message"));
         };
+        // The server decides channels and chunk size; size and iterations are ours, echoed.
+        for (what, ours, theirs) in [
+            ("bytes per iteration", bytes, h.bytes),
+            ("iterations", iters.into(), h.iters.into()),
+        ] {
+            if ours != theirs {
+                return Err(BootstrapError::Mismatch {
+                    addr: control.peer(),
+                    what,
+                    ours,
+                    theirs,
+                }
+                .into());
+            }
+        }
         let plan = PlanConfig::new(h.chunk_bytes, h.channels(), Policy::RoundRobin)?;
         self.make_gpu_current()?;
         let cm = ChannelManager::new(
@@ -697,12 +722,26 @@ impl Endpoint {
 }
 
 impl Drop for Endpoint {
+    /// Stop the progress thread (it fails what is in flight with `Shutdown` and closes every
+    /// comm) and join it — for at most the stall timeout: a thread stuck in a plugin call is
+    /// left behind with an error in the log rather than hanging the caller.
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            t.thread().unpark();
-            let _ = t.join();
+        let Some(t) = self.thread.take() else { return };
+        t.thread().unpark();
+        let deadline = Instant::now() + self.config.stall_timeout;
+        while !t.is_finished() {
+            if Instant::now() >= deadline {
+                tracing::error!(
+                    gpu = self.config.gpu,
+                    "the progress thread did not stop within {:.1?}; leaving it behind",
+                    self.config.stall_timeout
+                );
+                return;
+            }
+            thread::sleep(Duration::from_micros(100));
         }
+        let _ = t.join();
     }
 }
 

@@ -3,8 +3,10 @@
 //!
 //! * sizes 0, 1, odd, chunk multiples and 1 GiB over 1–8 channels arrive intact;
 //! * a sender that dies mid-transfer makes the receiver fail within its deadline, and a sender
-//!   that goes silent makes it fail with `Stalled` and a dump of the windows;
-//! * garbage, truncated and wrong-version bootstrap bytes get clear errors.
+//!   that goes silent makes it fail with `Stalled` and a dump of the windows — even while
+//!   another connection of the same endpoint keeps moving;
+//! * garbage, truncated and wrong-version bootstrap bytes get clear errors, and so does a server
+//!   that answers with another size or iteration count than the client proposed.
 
 mod common;
 
@@ -231,6 +233,96 @@ fn a_silent_sender_makes_the_receiver_fail_with_a_stall_dump() {
         "{dump}"
     );
     assert!(dump.contains("posted"), "{dump}");
+}
+
+#[test]
+fn a_silent_connection_stalls_while_another_on_the_same_endpoint_keeps_moving() {
+    let listener = BootstrapListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr();
+    let len = 64u64 << 10;
+    let clients = thread::spawn(move || {
+        let mut busy = Endpoint::new(plugin(), config(1, 1, 4096)).unwrap();
+        let busy_conn = busy.connect(addr, len, 1, soon()).unwrap();
+        let mut silent = Endpoint::new(plugin(), config(2, 1, 4096)).unwrap();
+        let silent_conn = silent.connect(addr, len, 1, soon()).unwrap();
+        (busy, busy_conn, silent, silent_conn)
+    });
+    let mut cfg = config(0, 2, 16 << 10);
+    cfg.stall_timeout = Duration::from_millis(500);
+    let mut rx = Endpoint::new(plugin(), cfg).unwrap();
+    let busy_r = rx.serve(&listener, soon()).unwrap();
+    let silent_r = rx.serve(&listener, soon()).unwrap();
+    let (mut tx, busy_s, _silent_tx, _silent_s) = clients.join().unwrap();
+    let src = Arc::new(HostBuffer::new(len as usize).unwrap());
+    let dst = Arc::new(HostBuffer::new(len as usize).unwrap());
+    let sbuf = tx.register(src.clone()).unwrap();
+    let rbuf = rx.register(dst.clone()).unwrap();
+    let stuck_buf = rx
+        .register(Arc::new(HostBuffer::new(len as usize).unwrap()))
+        .unwrap();
+    let data = pattern(len as usize, 7);
+    src.lock().unwrap().copy_from_slice(&data);
+
+    // The silent peer never sends; the busy one moves a transfer after another meanwhile.
+    let stuck = rx.post(silent_r.id(), stuck_buf, 0, len).unwrap();
+    let give_up = Instant::now() + Duration::from_secs(20);
+    let mut moved = 0u32;
+    let err = loop {
+        assert!(
+            Instant::now() < give_up,
+            "the silent connection never stalled ({moved} transfers moved beside it)"
+        );
+        let r = rx.post(busy_r.id(), rbuf, 0, len).unwrap();
+        let s = tx.post(busy_s.id(), sbuf, 0, len).unwrap();
+        tx.wait(s, soon()).unwrap();
+        rx.wait(r, soon()).unwrap();
+        assert!(dst.lock().unwrap()[..] == data[..]);
+        moved += 1;
+        match rx.wait(stuck, Instant::now()) {
+            Err(Error::Timeout { .. }) => continue,
+            Err(e) => break e,
+            Ok(r) => panic!("a receive nobody sent completed: {r:?}"),
+        }
+    };
+    let Error::Transfer(TransferError::Stalled { waited, dump }) = &err else {
+        panic!("expected Stalled, got {err}");
+    };
+    assert!(*waited >= Duration::from_millis(500), "{waited:?}");
+    assert!(dump.contains("recv") && dump.contains("posted"), "{dump}");
+    assert!(moved > 1, "the busy connection moved {moved} transfers");
+    // Only the silent connection failed: the busy one goes on.
+    let r = rx.post(busy_r.id(), rbuf, 0, len).unwrap();
+    let s = tx.post(busy_s.id(), sbuf, 0, len).unwrap();
+    tx.wait(s, soon()).unwrap();
+    rx.wait(r, soon()).unwrap();
+}
+
+#[test]
+fn a_server_that_changes_the_size_or_iterations_is_refused() {
+    use tcpx::core::codec::{Handles, Message, MessageKind};
+    for (bytes, iters) in [((1u64 << 20) + 1, 3u32), (1 << 20, 4)] {
+        let listener = BootstrapListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr();
+        // A server that answers the hello with other values than the client proposed.
+        let server = thread::spawn(move || {
+            let mut c = listener.accept(soon()).unwrap();
+            c.expect(MessageKind::Hello, soon()).unwrap();
+            let h = Handles::new(0, 4096, bytes, iters, &[[0; 128]]).unwrap();
+            c.send(&Message::Handles(h), soon()).unwrap();
+            // Hold the connection until the client has read and judged the handles.
+            let _ = c.expect(MessageKind::Ready, Instant::now() + Duration::from_secs(5));
+        });
+        let mut tx = Endpoint::new(plugin(), config(1, 1, 4096)).unwrap();
+        let err = tx.connect(addr, 1 << 20, 3, soon()).unwrap_err();
+        server.join().unwrap();
+        assert!(
+            err.to_string().contains("disagrees on")
+                && err
+                    .to_string()
+                    .contains(if iters == 3 { "bytes" } else { "iterations" }),
+            "{err}"
+        );
+    }
 }
 
 fn serve_against(bytes: &[u8]) -> Error {

@@ -27,8 +27,11 @@
 //!   unpark it): once per transfer, never per chunk. Completions cannot overflow: the
 //!   [`Endpoint`](crate::endpoint::Endpoint) admits at most [`MAX_IN_FLIGHT`] transfers.
 //! * Dropping the endpoint fails what is still in flight with [`TransferError::Shutdown`].
-//! * A transfer with in-flight chunks that sees no progress (no post, no completed request) for
-//!   the stall timeout fails with [`TransferError::Stalled`], carrying a dump of every window.
+//! * A connection with transfers in flight that sees no progress of its own (no submission, no
+//!   post, no completed request) for the stall timeout fails with [`TransferError::Stalled`],
+//!   carrying a dump of its windows — however busy the endpoint's other connections are. The
+//!   clock is read once every [`CLOCK_EVERY`] loop turns while anything is in flight, never per
+//!   chunk; the shutdown flag is read there too, so a busy loop notices it as quickly.
 //! * Any plugin error on a channel fails its connection: every transfer of that connection
 //!   completes with the error, and later ones fail at once. Other connections go on.
 
@@ -59,9 +62,9 @@ pub const MAX_IN_FLIGHT: usize = 128;
 /// How many chunks a channel may have staged (planned, waiting for window room).
 const STAGING: usize = 16;
 
-/// Checking the clock for stalls every this many idle loop turns keeps `Instant::now` off the
-/// busy path.
-const CLOCK_EVERY: u32 = 64;
+/// While anything is in flight, the stall watch reads the clock (and the loop the shutdown flag)
+/// once every this many loop turns, which keeps `Instant::now` off the per-chunk path.
+const CLOCK_EVERY: u64 = 64;
 
 /// Names a transfer for its whole life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -393,6 +396,10 @@ struct Conn {
     /// Slots whose chunks are still being staged, oldest first.
     feeding: Fifo<u16, MAX_IN_FLIGHT>,
     failed: Option<TransferError>,
+    /// Something of this connection moved since the stall watch last read the clock.
+    progressed: bool,
+    /// When the stall watch last saw this connection move (or have nothing in flight).
+    last_progress: Instant,
 }
 
 impl Conn {
@@ -509,11 +516,6 @@ pub(crate) struct Engine {
     shared: Arc<Shared>,
     config: EngineConfig,
     thread: ThreadReport,
-    /// When the stall check last saw progress (or idleness): the clock is read only there,
-    /// every [`CLOCK_EVERY`] empty turns, never on a turn that moved something.
-    last_progress: Instant,
-    /// Something moved (or the loop was idle) since the stall check last read the clock.
-    progressed_since_clock: bool,
     #[cfg(feature = "cuda")]
     gpu: Option<gpu::GpuRecv>,
     /// Why the GPU receive path could not start (reported to every connection added).
@@ -538,8 +540,6 @@ impl Engine {
             shared,
             config,
             thread: ThreadReport::default(),
-            last_progress: Instant::now(),
-            progressed_since_clock: false,
             #[cfg(feature = "cuda")]
             gpu: None,
             #[cfg(feature = "cuda")]
@@ -565,18 +565,18 @@ impl Engine {
             }
             let progressed = self.turn();
             let busy = self.conns.iter().any(Conn::in_flight);
+            if busy && self.thread.loops % CLOCK_EVERY == 0 {
+                if self.shared.shutdown.load(Ordering::Acquire) {
+                    break; // the endpoint is going away: fail what is in flight now
+                }
+                self.check_stall();
+            }
             if progressed {
                 idle_turns = 0;
                 continue;
             }
             idle_turns = idle_turns.wrapping_add(1);
             if busy {
-                if idle_turns % CLOCK_EVERY == 0 {
-                    if self.shared.shutdown.load(Ordering::Acquire) {
-                        break; // the endpoint is going away: fail what is in flight now
-                    }
-                    self.check_stall();
-                }
                 if self.config.yield_when_waiting {
                     // Waiting on the network: let the plugin's socket threads have this CPU if
                     // they need it. On the 2-core dev box, yielding after every empty turn
@@ -588,7 +588,6 @@ impl Engine {
             if self.shared.shutdown.load(Ordering::Acquire) {
                 break;
             }
-            self.progressed_since_clock = true;
             // Idle: spin briefly (a submission usually follows a completion closely), then
             // park until the endpoint unparks us, with a timeout as a safety net.
             if idle_turns > 4096 {
@@ -669,6 +668,8 @@ impl Engine {
             free: (0..MAX_IN_FLIGHT as u16).rev().collect(),
             feeding: Fifo::new(),
             failed: None,
+            progressed: false,
+            last_progress: Instant::now(),
         });
         Ok(id)
     }
@@ -696,7 +697,10 @@ impl Engine {
             }
             let result = self.progress_conn(c);
             match result {
-                Ok(p) => progressed |= p,
+                Ok(p) => {
+                    self.conns[c].progressed |= p;
+                    progressed |= p;
+                }
                 Err(e) => {
                     self.fail_conn(c, e);
                     progressed = true;
@@ -707,7 +711,6 @@ impl Engine {
         {
             progressed |= self.launch_pending();
         }
-        self.progressed_since_clock |= progressed;
         progressed
     }
 
@@ -777,6 +780,7 @@ impl Engine {
                 continue;
             };
             let chunks = plan.chunk_count();
+            conn.progressed = true;
             conn.transfers[usize::from(slot)] = Some(Transfer {
                 id: s.id,
                 buf: s.buf,
@@ -899,24 +903,25 @@ impl Engine {
         self.shared.wake_waiter();
     }
 
+    /// The stall watch: fail every connection that has had transfers in flight and no progress
+    /// of its own for the stall timeout.
     fn check_stall(&mut self) {
         let now = Instant::now();
-        if std::mem::take(&mut self.progressed_since_clock) {
-            self.last_progress = now;
-            return;
-        }
-        let waited = now - self.last_progress;
-        if waited < self.config.stall_timeout {
-            return;
-        }
         for c in 0..self.conns.len() {
-            if self.conns[c].in_flight() && self.conns[c].failed.is_none() {
+            let conn = &mut self.conns[c];
+            let moved = std::mem::take(&mut conn.progressed);
+            if moved || !conn.in_flight() || conn.failed.is_some() {
+                conn.last_progress = now;
+                continue;
+            }
+            let waited = now - conn.last_progress;
+            if waited >= self.config.stall_timeout {
                 let dump = self.dump(c);
                 tracing::error!(conn = c, "stalled for {waited:.1?}\n{dump}");
                 self.fail_conn(c, TransferError::Stalled { waited, dump });
+                self.conns[c].last_progress = now;
             }
         }
-        self.last_progress = now;
     }
 
     /// A human-readable picture of one connection's windows, for stall reports.
