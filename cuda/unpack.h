@@ -70,7 +70,7 @@ TCPX_UNPACK_STATIC_ASSERT(offsetof(tcpx_unpack_inline_batch, desc) == 8, "desc a
 
 /* Status codes of tcpx_unpack_launch. */
 #define TCPX_UNPACK_OK 0
-#define TCPX_UNPACK_ERR_INVALID (-1)  /* NULL descriptors with count > 0 */
+#define TCPX_UNPACK_ERR_INVALID (-1)  /* NULL or misaligned descriptors with count > 0 */
 #define TCPX_UNPACK_ERR_NO_DRIVER (-2) /* libcuda.so could not be loaded (or is older than 13.0) */
 #define TCPX_UNPACK_ERR_NO_CONTEXT (-3) /* no CUDA context is current on the calling thread */
 #define TCPX_UNPACK_ERR_CUDA (-4)     /* a driver call failed (module load, launch) */

@@ -12,14 +12,20 @@
 //! | [`endpoint`] | the public API: endpoints, connections, post / poll / wait |
 //! | [`net`] | the plugin ABI mirror and the plugin loader |
 //! | [`topology`] | PCI/NUMA topology from sysfs and the channel → NIC choice |
+//!
+//! `unsafe` is denied crate-wide and allowed in two modules only: [`net`] (the plugin loader)
+//! and `cuda` (the CUDA glue); every block there carries a `// SAFETY:` comment.
 #![warn(missing_docs)]
+#![deny(unsafe_code)]
 
 pub mod bootstrap;
 pub mod channel;
 #[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
 pub mod cuda;
 pub mod endpoint;
 pub mod engine;
+#[allow(unsafe_code)]
 pub mod net;
 pub mod topology;
 

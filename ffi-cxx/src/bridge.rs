@@ -386,6 +386,10 @@ pub mod ffi {
         fn unpack_validate(metas: &[u64], bounce_len: u64, chunk_len: u64) -> Outcome;
     }
 
+    // SAFETY: both take integers, not pointers into Rust memory. `SlidingWindow` (window.rs)
+    // passes back only requests C++ handed it with `add_request` (a live request of the
+    // window's comm, as the C++ tree's window required) and the comm it was made for, so the
+    // linked `tcpx_test` / `tcpx_irecv_consumed` get what they would from the tree's own window.
     unsafe extern "C++" {
         include!("tcpx_window_io.h");
 

@@ -5,17 +5,12 @@
 //! keeps the memory alive and does not free it while it is registered. This type carries that
 //! contract into [`tcpx::net::Region`]: it is the only `unsafe` in this crate.
 //!
-//! Invariant: a `ForeignRegion` is built only from a non-null address and a non-zero length
-//! ([`ForeignRegion::new`] checks both); everything else is the caller's promise, documented on
-//! every C++ entry point that registers memory.
-//!
-//! ```
-//! use tcpx::net::{MemKind, Region};
-//! use tcpx_ffi_cxx::region::ForeignRegion;
-//! let r = ForeignRegion::new(0x10000, 4096, MemKind::Host).unwrap();
-//! assert_eq!((r.as_ptr() as usize, r.len()), (0x10000, 4096));
-//! assert!(ForeignRegion::new(0, 4096, MemKind::Host).is_none());
-//! ```
+//! Invariants:
+//! * Only this crate's C++ entry points build a `ForeignRegion` (`new` is crate-private), so
+//!   safe Rust outside it cannot register memory it does not own; those entry points document
+//!   the caller's promise.
+//! * A `ForeignRegion` is built only from a non-null address and a non-zero length that does not
+//!   wrap ([`ForeignRegion::new`] checks); everything else is that promise.
 #![allow(unsafe_code)]
 
 use tcpx::net::{MemKind, Region};
@@ -31,7 +26,7 @@ pub struct ForeignRegion {
 impl ForeignRegion {
     /// A region at `addr` of `len` bytes; `None` for a null address or an empty range, or one
     /// that wraps the address space.
-    pub fn new(addr: u64, len: u64, kind: MemKind) -> Option<Self> {
+    pub(crate) fn new(addr: u64, len: u64, kind: MemKind) -> Option<Self> {
         let addr = usize::try_from(addr).ok()?;
         let len = usize::try_from(len).ok()?;
         if addr == 0 || len == 0 || addr.checked_add(len).is_none() {
@@ -57,5 +52,20 @@ unsafe impl Region for ForeignRegion {
     }
     fn kind(&self) -> MemKind {
         self.kind
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_non_null_non_empty_ranges_that_do_not_wrap() {
+        let r = ForeignRegion::new(0x10000, 4096, MemKind::Host).unwrap();
+        assert_eq!((r.as_ptr() as usize, r.len()), (0x10000, 4096));
+        assert_eq!(r.kind(), MemKind::Host);
+        assert!(ForeignRegion::new(0, 4096, MemKind::Host).is_none());
+        assert!(ForeignRegion::new(0x10000, 0, MemKind::Cuda).is_none());
+        assert!(ForeignRegion::new(u64::MAX - 10, 4096, MemKind::Host).is_none());
     }
 }

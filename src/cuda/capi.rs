@@ -36,7 +36,7 @@ use super::CudaError;
 
 /// `TCPX_UNPACK_OK`.
 pub const TCPX_UNPACK_OK: c_int = 0;
-/// `TCPX_UNPACK_ERR_INVALID`: NULL descriptors with a non-zero count.
+/// `TCPX_UNPACK_ERR_INVALID`: NULL or misaligned descriptors with a non-zero count.
 pub const TCPX_UNPACK_ERR_INVALID: c_int = -1;
 /// `TCPX_UNPACK_ERR_NO_DRIVER`: no loadable CUDA ≥ 13.0 driver.
 pub const TCPX_UNPACK_ERR_NO_DRIVER: c_int = -2;
@@ -76,7 +76,7 @@ fn launch(stream: CUstream, descs: *const UnpackDesc, count: u32) -> c_int {
     if count == 0 {
         return TCPX_UNPACK_OK;
     }
-    if descs.is_null() {
+    if descs.is_null() || !descs.is_aligned() {
         return TCPX_UNPACK_ERR_INVALID;
     }
     if driver().is_err() {
@@ -169,8 +169,8 @@ fn current_sm_count() -> Result<u32, CudaError> {
 mod tests {
     use super::*;
 
-    /// Without work the launcher returns before touching the driver; with NULL descriptors it
-    /// refuses. Both hold on any machine.
+    /// Without work the launcher returns before touching the driver; with NULL or misaligned
+    /// descriptors it refuses. All hold on any machine.
     #[test]
     fn trivial_calls() {
         // SAFETY: count 0 launches nothing.
@@ -178,6 +178,15 @@ mod tests {
         assert_eq!(rc, TCPX_UNPACK_OK);
         // SAFETY: NULL descriptors are refused before any launch.
         let rc = unsafe { tcpx_unpack_launch(core::ptr::null_mut(), core::ptr::null(), 5) };
+        assert_eq!(rc, TCPX_UNPACK_ERR_INVALID);
+        let descs = [0u64; 8];
+        let odd = descs
+            .as_ptr()
+            .cast::<u8>()
+            .wrapping_add(1)
+            .cast::<UnpackDesc>();
+        // SAFETY: misaligned descriptors are refused before anything is read through them.
+        let rc = unsafe { tcpx_unpack_launch(core::ptr::null_mut(), odd, 1) };
         assert_eq!(rc, TCPX_UNPACK_ERR_INVALID);
     }
 }

@@ -13,6 +13,8 @@
 //!   2048 before forming a slice.
 //! * The bounce pool's extent comes from the driver (`cuMemGetAddressRange`), so fragment
 //!   validation checks `src_off + len` against the real allocation, not a guess.
+//! * A handle smaller than `{meta, bounce_buf, head}` or a `meta` not aligned for
+//!   `netUnpackMeta` is refused when the view opens, before anything is read through it.
 
 use core::ffi::c_void;
 use core::sync::atomic::{fence, Ordering};
@@ -23,7 +25,9 @@ use tcpx_core::unpack::{FragmentError, LoadMeta, NetUnpackMeta, Slot, MAX_FRAGME
 
 use super::driver::check;
 use super::{mapped_host_ptr, read_unpack_handle, CudaError, Gpu};
-use crate::net::abi::{net_device_type, NetDeviceHandle, NET_DEVICE_UNPACK_VERSION};
+use crate::net::abi::{
+    net_device_type, NetDeviceHandle, UnpackNetDeviceHandle, NET_DEVICE_UNPACK_VERSION,
+};
 
 /// Why a receive comm's unpack queue cannot be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +36,12 @@ pub enum QueueError {
     /// The comm's device handle is not an UNPACK v7 handle (the plugin does not unpack, or
     /// `accept` filled nothing).
     NotUnpack,
+    /// The unpack metadata's host address is not aligned for `netUnpackMeta` (a plugin that
+    /// is not TCPX, or a corrupt handle).
+    MisalignedMeta {
+        /// The host address.
+        addr: usize,
+    },
     /// A driver call failed (e.g. the handle does not point at device memory).
     Cuda(CudaError),
 }
@@ -41,6 +51,11 @@ impl core::fmt::Display for QueueError {
         match self {
             Self::NotUnpack => f.write_str(
                 "the receive comm's device handle is not an NCCL_NET_DEVICE_UNPACK v7 handle",
+            ),
+            Self::MisalignedMeta { addr } => write!(
+                f,
+                "the receive comm's unpack metadata at {addr:#x} is not {}-byte aligned",
+                core::mem::align_of::<NetUnpackMeta>()
             ),
             Self::Cuda(e) => write!(f, "reading the receive comm's unpack handle: {e}"),
         }
@@ -75,11 +90,17 @@ impl UnpackQueueView {
         if handle.net_device_type != net_device_type::UNPACK
             || handle.net_device_version != NET_DEVICE_UNPACK_VERSION
             || handle.handle.is_null()
+            || handle.size < core::mem::size_of::<UnpackNetDeviceHandle>()
         {
             return Err(QueueError::NotUnpack);
         }
         let unpack = read_unpack_handle(gpu, handle.handle)?;
         let meta = mapped_host_ptr(gpu, unpack.meta.cast::<c_void>())?;
+        if !meta.cast::<NetUnpackMeta>().is_aligned() {
+            return Err(QueueError::MisalignedMeta {
+                addr: meta as usize,
+            });
+        }
         let bounce_buf = unpack.bounce_buf as u64;
         let (mut base, mut size): (CUdeviceptr, usize) = (0, 0);
         // SAFETY: two writable locals; the driver checks the address (an address outside any

@@ -82,8 +82,14 @@ extern "C" fn tcpx_rs_net_log_enabled(level: c_int) -> c_int {
 }
 
 /// Called by the C shim with the formatted message (`len` bytes at `msg`, not NUL-terminated).
+///
+/// # Safety
+///
+/// `file` is null or a NUL-terminated string, and `msg` is null or points to `len` readable
+/// bytes; both stay valid for the call. The shim (`logger_shim.c`), its only caller, passes the
+/// plugin's `__FILE__` and its own stack buffer.
 #[no_mangle]
-extern "C" fn tcpx_rs_net_log_sink(
+unsafe extern "C" fn tcpx_rs_net_log_sink(
     level: c_int,
     flags: c_ulong,
     file: *const c_char,
@@ -95,15 +101,15 @@ extern "C" fn tcpx_rs_net_log_sink(
     let file: Cow<'_, str> = if file.is_null() {
         Cow::Borrowed("")
     } else {
-        // SAFETY: the plugin passes a NUL-terminated string (`__FILE__`/`__PRETTY_FUNCTION__`)
-        // that stays valid for the duration of the logger call.
+        // SAFETY: non-null, so NUL-terminated and valid for this call (the function's contract:
+        // the plugin's `__FILE__`/`__PRETTY_FUNCTION__`, passed on by the shim).
         unsafe { CStr::from_ptr(file) }.to_string_lossy()
     };
     let msg: Cow<'_, str> = if msg.is_null() {
         Cow::Borrowed("")
     } else {
-        // SAFETY: the shim passes its stack buffer holding `len` formatted bytes; it outlives
-        // this call.
+        // SAFETY: non-null, so `len` readable bytes valid for this call (the function's
+        // contract: the shim's stack buffer).
         let bytes = unsafe { core::slice::from_raw_parts(msg.cast::<u8>(), len) };
         String::from_utf8_lossy(bytes)
     };

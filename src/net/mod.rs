@@ -3,7 +3,7 @@
 //! registered memory ([`Region`], [`HostBuffer`], [`MemHandle`]), the logger shim ([`logger`])
 //! and the errors ([`PluginError`], [`Call`]).
 //!
-//! This is the only module of the crate with `unsafe` code: every block carries a `// SAFETY:`
+//! This and [`crate::cuda`] (feature `cuda`) are the crate's only modules with `unsafe` code: every block carries a `// SAFETY:`
 //! comment, every `unsafe fn` a `# Safety` section. The public hot path (`register`, `isend`,
 //! `irecv`, `test`, `irecv_consumed`) is safe: posts are bounds-checked against regions the comm
 //! keeps alive until it is closed, and only requests the comm knows to be outstanding are

@@ -9,6 +9,12 @@
 //!   `irecvConsumed`;
 //! * nothing on the request path allocates or locks.
 //!
+//! Safety: the entry points are private `unsafe extern "C" fn`s reached only through the table
+//! [`plugin`] hands the loader. Each one's contract is its `ncclNet_v7_t` slot's, as the loader
+//! keeps it (`super::comm`): out-pointers are null or writable, comms are ones this plugin
+//! returned and not yet closed, requests are outstanding ones of that comm. Each checks for
+//! null where the loader could pass it and says why the rest holds in its `// SAFETY:` comments.
+//!
 //! ```
 //! use std::time::{Duration, Instant};
 //! let plugin = tcpx::net::null::plugin().unwrap();
