@@ -76,11 +76,20 @@ fn drive(
 
 /// Run `tcpx-bench engine`.
 pub fn run(args: &EngineArgs) -> Result<(), BoxError> {
+    let chunk_bytes = u32::try_from(args.chunk_bytes)
+        .ok()
+        .filter(|&c| c > 0)
+        .ok_or_else(|| {
+            format!(
+                "--chunk-bytes {}: expected above 0 and at most 4 MiB",
+                args.chunk_bytes
+            )
+        })?;
     let plugin = null::plugin()?;
     let config = |gpu| EndpointConfig {
         gpu,
         channels: args.channels,
-        chunk_bytes: args.chunk_bytes as u32,
+        chunk_bytes,
         pinning: Pinning::Off,
         yield_when_waiting: false,
         ..EndpointConfig::default()
@@ -103,8 +112,10 @@ pub fn run(args: &EngineArgs) -> Result<(), BoxError> {
     let region = Arc::new(HostBuffer::new(usize::try_from(args.size)?)?);
     let sbuf = tx.register(region.clone())?;
     let rbuf = rx.register(region)?;
-    let chunks_per_transfer = args.size.div_ceil(args.chunk_bytes).max(1);
-    let chunks = chunks_per_transfer * u64::from(args.transfers);
+    let chunks_per_transfer = args.size.div_ceil(u64::from(chunk_bytes)).max(1);
+    let chunks = chunks_per_transfer
+        .checked_mul(u64::from(args.transfers))
+        .ok_or("--size / --chunk-bytes × --transfers overflows a 64-bit chunk count")?;
 
     // Warm up both sides, then measure each alone, best of `repeats`.
     drive(&mut tx, tconn.id(), sbuf, args.size, 50)?;

@@ -19,6 +19,7 @@ mod check;
 mod core_bench;
 mod cpu;
 mod engine_bench;
+mod limits;
 mod transfer;
 #[cfg(feature = "cuda")]
 mod unpack_bench;

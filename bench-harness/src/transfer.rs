@@ -23,14 +23,28 @@ use serde_json::{json, Value};
 
 use crate::check::{self, fill, verify, POISON};
 use crate::cpu;
+use crate::limits::{self, MAX_CPU_ID, MAX_GPU_ID};
 use tcpx::bootstrap::{port_for, BootstrapListener};
 use tcpx::channel::NicSelection;
 use tcpx::core::codec::Done;
-use tcpx::endpoint::{BufferId, Connection, Endpoint, EndpointConfig, Pinning, TransferId};
+use tcpx::endpoint::{
+    Agreement, BufferId, Connection, Endpoint, EndpointConfig, Pinning, TransferId,
+};
+use tcpx::engine::MAX_IN_FLIGHT;
 use tcpx::net::{HostBuffer, Plugin};
 use tcpx::topology::Sysfs;
 
 type BoxError = Box<dyn Error + Send + Sync>;
+
+/// The longest `--timeout` / `--stall-timeout`: one day (a longer deadline is a typo, and a
+/// deadline `Instant::now() + timeout` must be representable).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The most `--spare-buffers` (each is one more `--size` buffer).
+pub const MAX_SPARE_BUFFERS: u32 = 1024;
+
+/// The most `--check-threads` (the default, one per CPU, is capped at it too).
+pub const MAX_CHECK_THREADS: u32 = 1024;
 
 /// Knobs shared by every transfer subcommand. Each also reads the C++ tree's variable.
 #[derive(clap::Args, Debug, Clone)]
@@ -214,21 +228,22 @@ impl TransferArgs {
         let pinning = match self.pin.as_str() {
             "numa" => Pinning::NumaLocal,
             "off" => Pinning::Off,
-            list => {
-                let cpus = tcpx::topology::parse_cpulist(list);
-                if cpus.is_empty() {
-                    return Err(
-                        format!("--pin: expected numa, off or a CPU list, got {list:?}").into(),
-                    );
-                }
-                Pinning::Cpus(cpus)
-            }
+            list => Pinning::Cpus(
+                limits::parse_id_list("--pin (numa, off or a CPU list)", list, MAX_CPU_ID)?
+                    .into_iter()
+                    .map(|c| c as usize)
+                    .collect(),
+            ),
         };
         Ok(EndpointConfig {
             gpu,
             channels: self.channels,
-            chunk_bytes: u32::try_from(self.chunk_bytes)
-                .map_err(|_| "--chunk-bytes is too large")?,
+            chunk_bytes: u32::try_from(self.chunk_bytes).map_err(|_| {
+                format!(
+                    "--chunk-bytes {}: too large (chunks are at most 4 MiB)",
+                    self.chunk_bytes
+                )
+            })?,
             nics: if self.nics.is_empty() {
                 NicSelection::Topology
             } else {
@@ -271,11 +286,27 @@ impl TransferArgs {
     }
 
     /// `--depth` > 1: iterations in flight, and the receiver's threads that check them.
-    fn pipeline(&self) -> (u32, u32) {
+    fn pipeline(&self) -> Result<(u32, u32), BoxError> {
+        let max_depth = u32::try_from(MAX_IN_FLIGHT).unwrap_or(u32::MAX);
+        if self.depth > max_depth {
+            return Err(format!(
+                "--depth {}: at most {max_depth} (the transfers an endpoint keeps in flight)",
+                self.depth
+            )
+            .into());
+        }
         let depth = self.depth.max(1);
-        // One check thread per CPU (check.rs says why), at least one.
-        let cpus = || check::allowed_cpus().len().max(1) as u32;
-        (depth, self.check_threads.unwrap_or_else(cpus).max(1))
+        let checkers = match self.check_threads {
+            Some(n) if n > MAX_CHECK_THREADS => {
+                return Err(format!("--check-threads {n}: at most {MAX_CHECK_THREADS}").into())
+            }
+            Some(n) => n.max(1),
+            // One check thread per CPU (check.rs says why), at least one.
+            None => u32::try_from(check::allowed_cpus().len())
+                .unwrap_or(u32::MAX)
+                .clamp(1, MAX_CHECK_THREADS),
+        };
+        Ok((depth, checkers))
     }
 
     /// Buffers per side: one per iteration in flight; a pipelined sender one more (one seed per
@@ -283,17 +314,84 @@ impl TransferArgs {
     /// pipelined receiver of host memory the spares (by default one per check thread), so
     /// checking does not hold back the next receive (GPU buffers are checked on the calling
     /// thread before their next receive is posted).
-    fn buffers(&self, sending: bool) -> u32 {
-        let (depth, checkers) = self.pipeline();
-        if depth == 1 {
-            1
+    fn buffers(&self, sending: bool) -> Result<u32, BoxError> {
+        let (depth, checkers) = self.pipeline()?;
+        let spare = match self.spare_buffers {
+            Some(n) if n > MAX_SPARE_BUFFERS => {
+                return Err(format!("--spare-buffers {n}: at most {MAX_SPARE_BUFFERS}").into())
+            }
+            Some(n) => n,
+            None => checkers,
+        };
+        let n = if depth == 1 {
+            Some(1)
         } else if sending {
-            depth + 1
+            depth.checked_add(1)
         } else if !self.no_verify && self.mem == Mem::Host {
-            depth + self.spare_buffers.unwrap_or(checkers)
+            depth.checked_add(spare)
         } else {
-            depth
+            Some(depth)
+        };
+        Ok(n.ok_or("--depth + --spare-buffers overflows")?)
+    }
+
+    /// Warm-up plus timed iterations (`--iters` may be the one agreed with the peer).
+    fn total_iters(&self) -> Result<u32, BoxError> {
+        self.warmup.checked_add(self.iters).ok_or_else(|| {
+            format!(
+                "--warmup {} + --iters {} is more than {} iterations",
+                self.warmup,
+                self.iters,
+                u32::MAX
+            )
+            .into()
+        })
+    }
+
+    /// Bytes one side moves over the whole run: `--size` × warm-up and timed iterations.
+    fn total_bytes(&self) -> Result<u64, BoxError> {
+        let iters = self.total_iters()?;
+        self.size.checked_mul(u64::from(iters)).ok_or_else(|| {
+            format!(
+                "--size {} × {iters} iterations overflows a 64-bit byte count",
+                self.size
+            )
+            .into()
+        })
+    }
+
+    /// Refuse values the run cannot use before anything is connected or allocated: the
+    /// pipeline's bounds and the run's totals (checked again once the peer's size and
+    /// iterations are agreed: [`agreed_args`]).
+    fn validate(&self) -> Result<(), BoxError> {
+        self.buffers(true)?;
+        self.buffers(false)?;
+        self.total_bytes()?;
+        Ok(())
+    }
+
+    /// Refuse a run whose buffers would not fit in memory, before allocating any: `sides`
+    /// says, for each side in this process, whether it sends. Host buffers live in host
+    /// memory, and so does each GPU buffer's staging copy. `origin` says where `--size`
+    /// came from.
+    fn check_memory(
+        &self,
+        sides: impl IntoIterator<Item = bool>,
+        origin: &str,
+    ) -> Result<(), BoxError> {
+        let mut buffers = 0u64;
+        for sending in sides {
+            buffers = buffers
+                .checked_add(u64::from(self.buffers(sending)?))
+                .ok_or("buffer count overflows")?;
         }
+        limits::check_memory(self.size, buffers, limits::read_mem_available()).map_err(|e| {
+            let what = match self.mem {
+                Mem::Host => "host buffers",
+                Mem::Gpu => "host staging copies of the GPU buffers",
+            };
+            format!("--size {}{origin}: {what}: {e}", self.size).into()
+        })
     }
 
     fn load_plugin(&self) -> Result<Arc<Plugin>, BoxError> {
@@ -327,13 +425,23 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} overflows"))
 }
 
+/// Parse a timeout in seconds (`60`, `2.5s`): above 0, at most [`MAX_TIMEOUT`].
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let t = s.trim().trim_end_matches('s');
-    t.parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite() && *v > 0.0)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("expected seconds, got {s:?}"))
+    let secs: f64 = t
+        .parse()
+        .map_err(|_| format!("expected seconds, got {s:?}"))?;
+    if secs.is_nan() || secs <= 0.0 {
+        return Err(format!("expected seconds above 0, got {s:?}"));
+    }
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if d.is_zero() => Err(format!("{s:?} seconds rounds to 0")),
+        Ok(d) if d <= MAX_TIMEOUT => Ok(d),
+        _ => Err(format!(
+            "{s:?} seconds is more than the maximum, {} (one day)",
+            MAX_TIMEOUT.as_secs()
+        )),
+    }
 }
 
 /// The buffer one side sends from or receives into.
@@ -424,7 +532,7 @@ impl Side {
         let len = usize::try_from(size)?;
         let sending = conn.direction() == tcpx::endpoint::Direction::Send;
         let mut buffers = Vec::new();
-        for _ in 0..args.buffers(sending) {
+        for _ in 0..args.buffers(sending)? {
             let buffer = match args.mem {
                 Mem::Host => Buf::Host(Arc::new(HostBuffer::new(len)?)),
                 Mem::Gpu => gpu_buffer(&ep, len)?,
@@ -525,9 +633,10 @@ struct IterTime {
     secs: f64,
 }
 
-fn gbps(bytes: u64, secs: f64) -> f64 {
+/// GB/s (bytes as `f64`, so a product of sizes and counts cannot overflow).
+fn gbps(bytes: f64, secs: f64) -> f64 {
     if secs > 0.0 {
-        bytes as f64 / secs / 1e9
+        bytes / secs / 1e9
     } else {
         0.0
     }
@@ -539,7 +648,7 @@ fn summarize(times: &[IterTime], window: u32, bytes_per_iter: u64) -> Value {
         .chunks(w)
         .map(|c| {
             gbps(
-                bytes_per_iter * c.len() as u64,
+                bytes_per_iter as f64 * c.len() as f64,
                 c.iter().map(|t| t.secs).sum(),
             )
         })
@@ -550,7 +659,7 @@ fn summarize(times: &[IterTime], window: u32, bytes_per_iter: u64) -> Value {
     json!({
         "iters": times.len(),
         "bytes_per_iter": bytes_per_iter,
-        "avg_gbps": gbps(bytes_per_iter * times.len() as u64, total_secs),
+        "avg_gbps": gbps(bytes_per_iter as f64 * times.len() as f64, total_secs),
         "median_gbps": rates.get(n / 2).copied().unwrap_or(0.0),
         "min_gbps": rates.first().copied().unwrap_or(0.0),
         "max_gbps": rates.last().copied().unwrap_or(0.0),
@@ -642,7 +751,7 @@ fn run_iterations(
     mut sync: impl FnMut(&mut [Side], u32) -> Result<(), BoxError>,
 ) -> Result<Timed, BoxError> {
     let verify_data = !args.no_verify;
-    let total = args.warmup + args.iters;
+    let total = args.total_iters()?;
     let mut times = Vec::new();
     let mut last_report = Instant::now();
     let mut usage = cpu::Usage::default();
@@ -680,7 +789,7 @@ fn run_iterations(
                     "iter {:>4}  {:>10.3} ms  {:>8.2} GB/s{}",
                     it.iter,
                     secs * 1e3,
-                    gbps(args.size * pairs, secs),
+                    gbps(args.size as f64 * pairs as f64, secs),
                     if verify_data { "  verified" } else { "" }
                 );
             } else if last_report.elapsed() > Duration::from_secs(5) {
@@ -718,8 +827,10 @@ fn run_iterations(
 /// windows of D completions.
 fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxError> {
     let verify_data = !args.no_verify;
-    let (depth, checkers) = args.pipeline();
-    let total = args.warmup + args.iters;
+    let (depth, checkers) = args.pipeline()?;
+    let total = args.total_iters()?;
+    // One seed per sender buffer: depth + 1 (`TransferArgs::buffers`).
+    let nseeds = args.buffers(true)?;
     let host_checks = verify_data && sides.iter().all(|s| s.buffers[0].0.host().is_some());
     // Senders: each buffer's pattern and checksum, once. Receivers: poisoned (when verifying),
     // holding no seed.
@@ -755,7 +866,7 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
         }
     }
     let cpus = check::allowed_cpus();
-    let receive_buffers = args.buffers(false);
+    let receive_buffers = args.buffers(false)?;
     let mut poisoned = 0u64;
     let mut inflight: Vec<VecDeque<(usize, TransferId)>> = vec![VecDeque::new(); sides.len()];
     // The seed of every iteration in flight, oldest first.
@@ -781,7 +892,6 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
                     .zip(&recv)
                     .filter(|(s, _)| !s.sending)
                     .map(|(_, r)| r.newest_holds());
-                let nseeds = depth + 1;
                 let seed = choose_seed(posted % nseeds, nseeds, &seeds, newest);
                 seeds.push_back(seed);
                 for (k, s) in sides.iter_mut().enumerate() {
@@ -874,7 +984,7 @@ fn run_pipelined(args: &TransferArgs, sides: &mut [Side]) -> Result<Timed, BoxEr
                     } else {
                         " spread over the CPUs"
                     },
-                    receive_buffers - depth
+                    receive_buffers.saturating_sub(depth)
                 )
             } else if verify_data {
                 "checked on this thread".to_owned()
@@ -963,23 +1073,42 @@ fn retire(
     Ok(())
 }
 
+/// Compare the peer's end-of-run summary with ours: the same iterations and bytes, and (when
+/// `checksums`, i.e. the data was verified) the same checksum.
+fn compare_done(gpu: u32, ours: &Done, theirs: &Done, checksums: bool) -> Result<(), String> {
+    if theirs.iters != ours.iters {
+        return Err(format!(
+            "GPU {gpu}: the peer ran {} iterations, we ran {} (do --warmup and --iters match?)",
+            theirs.iters, ours.iters
+        ));
+    }
+    if theirs.bytes != ours.bytes {
+        return Err(format!(
+            "GPU {gpu}: the peer moved {} bytes, we moved {}",
+            theirs.bytes, ours.bytes
+        ));
+    }
+    if checksums && theirs.checksum != ours.checksum {
+        return Err(format!(
+            "GPU {gpu}: checksums differ: ours {:#x}, peer's {:#x}",
+            ours.checksum, theirs.checksum
+        ));
+    }
+    Ok(())
+}
+
 fn finish(sides: &mut [Side], args: &TransferArgs) -> Result<Vec<Value>, BoxError> {
     let mut out = Vec::new();
+    let (bytes, iters) = (args.total_bytes()?, args.total_iters()?);
     for s in sides.iter_mut() {
         let ours = Done {
-            bytes: args.size * u64::from(args.warmup + args.iters),
+            bytes,
             checksum: s.checksum,
-            iters: args.warmup + args.iters,
+            iters,
         };
         let theirs = s.conn.finish(ours, Instant::now() + args.timeout)?;
         let compared = !args.no_verify;
-        if compared && theirs.checksum != ours.checksum {
-            return Err(format!(
-                "GPU {}: checksums differ: ours {:#x}, peer's {:#x}",
-                s.gpu, ours.checksum, theirs.checksum
-            )
-            .into());
-        }
+        compare_done(s.gpu, &ours, &theirs, compared)?;
         out.push(json!({ "gpu": s.gpu, "checksum": format!("{:#x}", ours.checksum), "checksum_matched": compared }));
     }
     Ok(out)
@@ -994,7 +1123,7 @@ fn print_report(
     extra: Value,
 ) {
     let times = &run.times;
-    let summary = summarize(times, run.window, args.size * pairs);
+    let summary = summarize(times, run.window, args.size.saturating_mul(pairs));
     let out = json!({
         "bench": mode,
         "plugin": args.plugin.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "tcpx-sim".into()),
@@ -1019,7 +1148,7 @@ fn print_report(
     println!(
         "\n{mode}: {} × {} bytes, {} channels, {} KiB chunks, {}",
         times.len(),
-        args.size * pairs,
+        args.size.saturating_mul(pairs),
         args.channels,
         args.chunk_bytes >> 10,
         if args.no_verify {
@@ -1065,6 +1194,8 @@ fn print_report(
 
 /// `tcpx-bench loopback`: both sides in one process, one endpoint each (GPU ids 0 and 1).
 pub fn loopback(args: &TransferArgs) -> Result<(), BoxError> {
+    args.validate()?;
+    args.check_memory([false, true], "")?;
     let plugin = args.load_plugin()?;
     let deadline = Instant::now() + args.timeout;
     let listener = BootstrapListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
@@ -1151,6 +1282,7 @@ fn barrier_each(sides: &mut [Side], iter: u32, timeout: Duration) -> Result<(), 
 /// `tcpx-bench server`: receive on GPU `gpu`.
 pub fn server(a: &ServerArgs) -> Result<(), BoxError> {
     let args = &a.common;
+    args.validate()?;
     let plugin = args.load_plugin()?;
     let port = port_for(args.port_base, a.gpu).ok_or("port base + gpu overflows")?;
     let listener = BootstrapListener::bind(SocketAddr::new(a.bind, port))?;
@@ -1167,6 +1299,7 @@ pub fn server(a: &ServerArgs) -> Result<(), BoxError> {
 /// `tcpx-bench client`: send from GPU `gpu`.
 pub fn client(a: &ClientArgs) -> Result<(), BoxError> {
     let args = &a.common;
+    args.validate()?;
     let plugin = args.load_plugin()?;
     let port = port_for(args.port_base, a.gpu).ok_or("port base + gpu overflows")?;
     let mut ep = Endpoint::new(plugin, args.endpoint_config(a.gpu)?)?;
@@ -1184,15 +1317,61 @@ pub fn client(a: &ClientArgs) -> Result<(), BoxError> {
 }
 
 /// The client proposes size and iterations, the server decides channels and chunk size; the
-/// bootstrap's `Handles` carries all four to both sides, which then run identical loops.
-fn agreed_args(args: &TransferArgs, conn: &Connection) -> TransferArgs {
-    let agreed = conn.agreement();
+/// bootstrap's `Handles` carries all four to both sides, which then run identical loops. The
+/// size and iterations may be the peer's, so the result is validated again.
+fn agreed_args(args: &TransferArgs, agreed: &Agreement) -> Result<TransferArgs, BoxError> {
     let mut args = args.clone();
     args.size = agreed.bytes;
     args.iters = agreed.iters;
     args.channels = agreed.channels;
     args.chunk_bytes = agreed.chunk_bytes.into();
-    args
+    args.validate()
+        .map_err(|e| format!("with the size and iterations agreed with the peer: {e}"))?;
+    Ok(args)
+}
+
+/// Where the agreed `--size` came from, for error messages.
+fn size_origin(sending: bool) -> &'static str {
+    if sending {
+        ""
+    } else {
+        " (as the client proposed it)"
+    }
+}
+
+/// The orchestrator runs one loop for every GPU with the first connection's agreement, so every
+/// other connection (`gpu`, `agreed`) must have agreed on the same run.
+fn same_agreement(
+    (first_gpu, first): (u32, &Agreement),
+    (gpu, agreed): (u32, &Agreement),
+) -> Result<(), String> {
+    let fields = [
+        (
+            "channels",
+            u64::from(first.channels),
+            u64::from(agreed.channels),
+        ),
+        (
+            "chunk bytes",
+            u64::from(first.chunk_bytes),
+            u64::from(agreed.chunk_bytes),
+        ),
+        ("bytes per iteration", first.bytes, agreed.bytes),
+        (
+            "iterations",
+            u64::from(first.iters),
+            u64::from(agreed.iters),
+        ),
+    ];
+    for (what, want, got) in fields {
+        if got != want {
+            return Err(format!(
+                "GPU {gpu}: agreed on {got} {what}, but GPU {first_gpu} on {want}; every GPU's \
+                 server and client must be started with the same settings"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn run_pair(
@@ -1202,7 +1381,10 @@ fn run_pair(
     conn: Connection,
     mode: &str,
 ) -> Result<(), BoxError> {
-    let args = agreed_args(args, &conn);
+    let args = agreed_args(args, &conn.agreement())?;
+    let sending = conn.direction() == tcpx::endpoint::Direction::Send;
+    args.check_memory([sending], size_origin(sending))
+        .map_err(|e| format!("GPU {gpu}: {e}"))?;
     let nic_before = nic_snapshot(&conn);
     let mut sides = vec![Side::new(&args, gpu, ep, conn, args.size)?];
     let timeout = args.timeout;
@@ -1253,13 +1435,8 @@ pub enum Role {
 /// client connects GPU by GPU in ascending order.
 pub fn orchestrator(a: &OrchestratorArgs) -> Result<(), BoxError> {
     let args = &a.common;
-    let gpus: Vec<u32> = tcpx::topology::parse_cpulist(&a.gpus)
-        .into_iter()
-        .map(|g| g as u32)
-        .collect();
-    if gpus.is_empty() {
-        return Err(format!("--gpus: no GPUs in {:?}", a.gpus).into());
-    }
+    let gpus = limits::parse_id_list("--gpus", &a.gpus, MAX_GPU_ID)?;
+    args.validate()?;
     let plugin = args.load_plugin()?;
     let deadline = Instant::now() + args.timeout;
     let mut sides = Vec::new();
@@ -1301,7 +1478,19 @@ pub fn orchestrator(a: &OrchestratorArgs) -> Result<(), BoxError> {
         }
     }
     let args = &match sides.first() {
-        Some(first) => agreed_args(args, &first.2),
+        Some(first) => {
+            let agreed = first.2.agreement();
+            for (g, _, conn) in &sides[1..] {
+                same_agreement((first.0, &agreed), (*g, &conn.agreement()))?;
+            }
+            let args = agreed_args(args, &agreed)?;
+            let sending = a.role == Role::Client;
+            args.check_memory(
+                std::iter::repeat_n(sending, sides.len()),
+                size_origin(sending),
+            )?;
+            args
+        }
         None => args.clone(),
     };
     let nic_before = sides
@@ -1333,6 +1522,208 @@ pub fn orchestrator(a: &OrchestratorArgs) -> Result<(), BoxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: TransferArgs,
+    }
+
+    fn args(flags: &[&str]) -> Result<TransferArgs, String> {
+        Cli::try_parse_from(std::iter::once("tcpx-bench").chain(flags.iter().copied()))
+            .map(|c| c.args)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn timeouts_parse_within_a_day() {
+        assert_eq!(parse_secs("60"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_secs("2.5s"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_secs("86400"), Ok(MAX_TIMEOUT));
+        for bad in [
+            "0", "-1", "NaN", "inf", "1e20", "1e19", "86401", "1e-300", "soon",
+        ] {
+            assert!(parse_secs(bad).is_err(), "{bad:?} parsed");
+        }
+        assert!(parse_secs("1e20")
+            .unwrap_err()
+            .contains("more than the maximum, 86400"));
+        assert!(parse_secs("-1").unwrap_err().contains("above 0"));
+        // The flag is named in the error.
+        let e = args(&["--timeout", "1e20"]).unwrap_err();
+        assert!(e.contains("--timeout"), "{e}");
+        let e = args(&["--stall-timeout", "NaN"]).unwrap_err();
+        assert!(e.contains("--stall-timeout"), "{e}");
+    }
+
+    #[test]
+    fn pipeline_knobs_are_bounded() {
+        let err = |flags: &[&str]| args(flags).unwrap().validate().unwrap_err().to_string();
+        let max = MAX_IN_FLIGHT.to_string();
+        assert!(args(&["--depth", &max]).unwrap().validate().is_ok());
+        let over = (MAX_IN_FLIGHT + 1).to_string();
+        assert!(err(&["--depth", &over]).starts_with(&format!("--depth {over}: at most {max}")));
+        let e = err(&["--depth", "4", "--check-threads", "4294967295"]);
+        assert!(
+            e.starts_with("--check-threads 4294967295: at most 1024"),
+            "{e}"
+        );
+        let e = err(&["--depth", "4", "--spare-buffers", "4294967295"]);
+        assert!(
+            e.starts_with("--spare-buffers 4294967295: at most 1024"),
+            "{e}"
+        );
+        let a = args(&["--depth", "4", "--spare-buffers", "1024"]).unwrap();
+        assert_eq!(a.buffers(false).unwrap(), 1028);
+        assert_eq!(a.buffers(true).unwrap(), 5);
+    }
+
+    #[test]
+    fn run_totals_that_overflow_are_refused() {
+        let e = args(&["--iters", "4294967295"])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("--warmup 1 + --iters 4294967295"),
+            "{e}"
+        );
+        let e = args(&["--size", "8GiB", "--iters", "4000000000"])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("overflows"), "{e}");
+        let a = args(&["--size", "1MiB", "--iters", "3", "--warmup", "2"]).unwrap();
+        assert_eq!(
+            (a.total_iters().unwrap(), a.total_bytes().unwrap()),
+            (5, 5 << 20)
+        );
+    }
+
+    #[test]
+    fn size_and_iterations_from_the_peer_are_validated() {
+        let ours = args(&[]).unwrap();
+        let agreed = Agreement {
+            peer_gpu: 0,
+            channels: 4,
+            chunk_bytes: 1 << 19,
+            bytes: u64::MAX,
+            iters: 2,
+        };
+        let e = agreed_args(&ours, &agreed).unwrap_err().to_string();
+        assert!(
+            e.starts_with("with the size and iterations agreed with the peer"),
+            "{e}"
+        );
+        let fine = Agreement {
+            bytes: 1 << 20,
+            ..agreed
+        };
+        let a = agreed_args(&ours, &fine).unwrap();
+        assert_eq!(
+            (a.size, a.iters, a.channels, a.chunk_bytes),
+            (1 << 20, 2, 4, 1 << 19)
+        );
+    }
+
+    #[test]
+    fn pin_and_gpus_take_strict_lists() {
+        let e = args(&["--pin", "0-3,x"])
+            .unwrap()
+            .endpoint_config(0)
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("--pin (numa, off or a CPU list): "),
+            "{e}"
+        );
+        let c = args(&["--pin", "2-3,0"])
+            .unwrap()
+            .endpoint_config(0)
+            .unwrap();
+        assert!(matches!(c.pinning, Pinning::Cpus(ref v) if v == &[2, 3, 0]));
+        let e = args(&["--chunk-bytes", "4GiB"])
+            .unwrap()
+            .endpoint_config(0)
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("--chunk-bytes 4294967296: too large"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_orchestrated_connection_must_agree_with_the_first() {
+        let first = Agreement {
+            peer_gpu: 0,
+            channels: 8,
+            chunk_bytes: 1 << 19,
+            bytes: 1 << 26,
+            iters: 20,
+        };
+        // Only the peer's GPU may differ.
+        let same = Agreement {
+            peer_gpu: 1,
+            ..first
+        };
+        assert_eq!(same_agreement((0, &first), (1, &same)), Ok(()));
+        let cases = [
+            (
+                Agreement {
+                    channels: 4,
+                    ..first
+                },
+                "agreed on 4 channels, but GPU 0 on 8",
+            ),
+            (
+                Agreement {
+                    chunk_bytes: 1 << 20,
+                    ..first
+                },
+                "agreed on 1048576 chunk bytes, but GPU 0 on 524288",
+            ),
+            (
+                Agreement { bytes: 1, ..first },
+                "agreed on 1 bytes per iteration, but GPU 0 on 67108864",
+            ),
+            (
+                Agreement { iters: 3, ..first },
+                "agreed on 3 iterations, but GPU 0 on 20",
+            ),
+        ];
+        for (other, want) in cases {
+            let e = same_agreement((0, &first), (5, &other)).unwrap_err();
+            assert!(e.starts_with(&format!("GPU 5: {want}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_peers_done_must_match_ours() {
+        let ours = Done {
+            bytes: 3 << 20,
+            checksum: 0xabc,
+            iters: 3,
+        };
+        assert_eq!(compare_done(2, &ours, &ours, true), Ok(()));
+        let e = compare_done(2, &ours, &Done { iters: 4, ..ours }, false).unwrap_err();
+        assert!(
+            e.starts_with("GPU 2: the peer ran 4 iterations, we ran 3"),
+            "{e}"
+        );
+        let e = compare_done(2, &ours, &Done { bytes: 1, ..ours }, false).unwrap_err();
+        assert_eq!(e, "GPU 2: the peer moved 1 bytes, we moved 3145728");
+        let other_sum = Done {
+            checksum: 0xdef,
+            ..ours
+        };
+        assert!(compare_done(2, &ours, &other_sum, true)
+            .unwrap_err()
+            .contains("checksums differ: ours 0xabc, peer's 0xdef"));
+        // Unverified runs do not compare checksums.
+        assert_eq!(compare_done(2, &ours, &other_sum, false), Ok(()));
+    }
 
     #[test]
     fn sizes_parse() {
