@@ -10,15 +10,18 @@
 //! | `NCCL_GPUDIRECTTCPX_SOCKET_FAMILY` | any | `AF_INET` / `AF_INET6` |
 //! | `NCCL_GPUDIRECTTCPX_CTRL_DEV` | unset | control sockets on this interface instead of the data NIC |
 //! | `NCCL_GPUDIRECTTCPX_PROGRAM_FLOW_STEERING_WAIT_MICROS` | **0** (TCPX: 5 s) | sleep after accept |
-//! | `NCCL_GPUDIRECTTCPX_FLOW_STEERING_STRATEGY` | 3 | anything else makes `init` fail |
+//! | `NCCL_GPUDIRECTTCPX_FLOW_STEERING_STRATEGY` | unset | a non-negative value other than 3 makes `init` fail |
 //! | `NCCL_USE_DMA_BUF` | 1 | 0 makes CUDA `regMr` fail |
 //! | `TCPX_SIM_VIRTUAL_NICS` | unset | virtual NICs on loopback ([`crate::nic`]) |
 //! | `TCPX_SIM_CUDA` | unset = auto | `0`: host mode; `1`: CUDA mode or `init` fails; unset: CUDA mode when built with `cuda`, libcuda loads and a GPU exists ([`CudaMode`]) |
 //! | `TCPX_SIM_BOUNCE_BYTES` | 512 MiB | CUDA mode: bytes of each GPU's bounce pool, rounded up to 4 KiB; at least one chunk, at most 4 GiB |
+//! | `TCPX_SIM_HANDSHAKE_TIMEOUT_MS` | 60000 | 1..=86400000: how long a connect or accept thread may take, from the first `connect` / `accept` call to its last socket, before it fails with [`SimError::HandshakeTimeout`] (TCPX waits forever; [`crate::conn`]) |
+//! | `TCPX_SIM_HELLO_TIMEOUT_MS` | 5000 | 1..=86400000: how long the acceptor waits for the hello of one accepted connection before it closes it as not a connector and accepts the next ([`crate::conn`]) |
 //! | `TCPX_SIM_BOUNCE_MEM` | `device` | CUDA mode: where each GPU's bounce pool lives ([`BounceMem`]): `device` (GPU memory, filled by a scatter kernel) or `host` (pinned, device-mapped host memory that helper threads receive into: no GPU work on the receive path, as on TCPX — use it under NCCL) |
 //!
-//! Integers are parsed like C's `strtoll(s, NULL, 0)` (decimal, `0x` hex, leading-`0` octal);
-//! unparsable or out-of-range values keep the default, as TCPX's `TCPX_GET_INT_FLAG` does.
+//! Integers are parsed like C's `strtoll(s, NULL, 0)` (one optional sign, then decimal, `0x` hex
+//! or leading-`0` octal), but the whole string must be the number ([`parse_c_int`]); unparsable
+//! or out-of-range values keep the default, as TCPX's `TCPX_GET_INT_FLAG` does.
 //! Sockets per comm = `NSOCKS_PERTHREAD × NTHREADS`; above 8 (`MAX_SOCKETS`) TCPX lowers the
 //! sockets per thread to `8 / NTHREADS`, which is 0 for more than 8 threads — the sim fails `init`
 //! there instead of creating comms that can never move data.
@@ -45,6 +48,7 @@ use std::time::Duration;
 
 use tcpx::net::abi::MAX_SOCKETS;
 
+use crate::conn::{DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HELLO_TIMEOUT, MAX_HANDSHAKE_TIMEOUT};
 use crate::error::SimError;
 use crate::nic::{self, Family, IfFilter, Nic};
 
@@ -112,23 +116,49 @@ pub struct Config {
     pub bounce_bytes: usize,
     /// `TCPX_SIM_BOUNCE_MEM`: where the bounce pools live.
     pub bounce_mem: BounceMem,
+    /// `TCPX_SIM_HANDSHAKE_TIMEOUT_MS`: how long a connect or accept thread may run.
+    pub handshake_timeout: Duration,
+    /// `TCPX_SIM_HELLO_TIMEOUT_MS`: how long the acceptor waits for one connection's hello.
+    pub hello_timeout: Duration,
 }
 
-/// Parses an integer like `strtoll(s, NULL, 0)`, requiring the whole string to be consumed.
+/// Parses an integer flag the way TCPX's `TCPX_PARAM` (NCCL's parameter loader) does, with C's
+/// `strtoll(s, NULL, 0)`: surrounding whitespace, **one** optional `+` / `-`, then `0x` / `0X`
+/// and hex digits, `0` and octal digits, or decimal digits. Stricter than `strtoll`: the whole
+/// string must be the number (`"12abc"` is `None`, not 12), and a value outside `i64` is `None`
+/// (`strtoll` clamps it and sets `ERANGE`, which NCCL treats as unparsable). A second sign —
+/// `"--5"`, `"+-5"`, `"0x-5"`, `"0-5"` — is not a digit, so it is `None`, as `strtoll` stops there.
 pub fn parse_c_int(s: &str) -> Option<i64> {
     let t = s.trim();
-    let (neg, t) = match t.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, t.strip_prefix('+').unwrap_or(t)),
+    let (neg, t) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
     };
-    let v = if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        i64::from_str_radix(h, 16).ok()?
+    let (radix, digits) = if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        (16, h)
     } else if t.len() > 1 && t.starts_with('0') {
-        i64::from_str_radix(&t[1..], 8).ok()?
+        (8, &t[1..])
     } else {
-        t.parse::<i64>().ok()?
+        (10, t)
     };
-    Some(if neg { -v } else { v })
+    if digits.is_empty() {
+        return None;
+    }
+    // The magnitude as u64, so that i64::MIN ("-9223372036854775808") is representable; every
+    // step is checked, so no input overflows.
+    let mut magnitude: u64 = 0;
+    for c in digits.chars() {
+        let d = c.to_digit(radix)?;
+        magnitude = magnitude
+            .checked_mul(u64::from(radix))?
+            .checked_add(u64::from(d))?;
+    }
+    if neg {
+        0i64.checked_sub_unsigned(magnitude)
+    } else {
+        i64::try_from(magnitude).ok()
+    }
 }
 
 /// Reads an integer flag: `default` unless set, parsable and in `lo..hi` (hi exclusive).
@@ -168,6 +198,8 @@ impl Config {
             cuda: CudaMode::Off,
             bounce_bytes: DEFAULT_BOUNCE_BYTES,
             bounce_mem: BounceMem::Device,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            hello_timeout: DEFAULT_HELLO_TIMEOUT,
         }
     }
 
@@ -270,6 +302,12 @@ impl Config {
         let cuda = cuda_mode(env)?;
         let bounce_bytes = bounce_bytes(env, chunk as usize)?;
         let bounce_mem = bounce_mem(env)?;
+        let handshake_timeout = millis(
+            env,
+            "TCPX_SIM_HANDSHAKE_TIMEOUT_MS",
+            DEFAULT_HANDSHAKE_TIMEOUT,
+        )?;
+        let hello_timeout = millis(env, "TCPX_SIM_HELLO_TIMEOUT_MS", DEFAULT_HELLO_TIMEOUT)?;
 
         Ok(Config {
             chunk_size: chunk as usize,
@@ -282,7 +320,33 @@ impl Config {
             cuda,
             bounce_bytes,
             bounce_mem,
+            handshake_timeout,
+            hello_timeout,
         })
+    }
+}
+
+/// Parses a sim timeout in milliseconds: unset or empty is `default`; otherwise an integer
+/// ([`parse_c_int`]) in `1..=MAX_HANDSHAKE_TIMEOUT` ms, else [`SimError::BadEnv`].
+fn millis(
+    env: &dyn Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: Duration,
+) -> Result<Duration, SimError> {
+    let Some(v) = env(var).filter(|s| !s.trim().is_empty()) else {
+        return Ok(default);
+    };
+    let max = MAX_HANDSHAKE_TIMEOUT.as_secs().saturating_mul(1000);
+    let ms = parse_c_int(&v).ok_or_else(|| SimError::BadEnv {
+        var,
+        why: format!("\"{v}\" is not an integer (milliseconds)"),
+    })?;
+    match u64::try_from(ms) {
+        Ok(m) if (1..=max).contains(&m) => Ok(Duration::from_millis(m)),
+        _ => Err(SimError::BadEnv {
+            var,
+            why: format!("{ms} ms is out of range: a timeout is 1..={max} ms"),
+        }),
     }
 }
 
@@ -324,7 +388,17 @@ fn bounce_bytes(env: &dyn Fn(&str) -> Option<String>, chunk: usize) -> Result<us
                 var: VAR,
                 why: format!("\"{v}\" is not an integer"),
             })?;
-            usize::try_from(n).unwrap_or(0).div_ceil(page) * page
+            if n < 0 {
+                return Err(SimError::BadEnv {
+                    var: VAR,
+                    why: format!("{n} is negative: the bounce pool size is a byte count"),
+                });
+            }
+            // n >= 0 fits a 64-bit usize; rounding i64::MAX up to pages still fits.
+            usize::try_from(n)
+                .unwrap_or(usize::MAX)
+                .div_ceil(page)
+                .saturating_mul(page)
         }
     };
     if bytes < min || bytes > MAX_BOUNCE_BYTES {
@@ -384,6 +458,44 @@ mod tests {
         assert_eq!(parse_c_int("0"), Some(0));
         assert_eq!(parse_c_int("12abc"), None);
         assert_eq!(parse_c_int(""), None);
+        assert_eq!(parse_c_int("+7"), Some(7));
+        assert_eq!(parse_c_int("-0x10"), Some(-16));
+        assert_eq!(parse_c_int("-010"), Some(-8));
+        // i64's ends, as strtoll gives them; one past is out of range.
+        assert_eq!(parse_c_int("-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(parse_c_int("-0x8000000000000000"), Some(i64::MIN));
+        assert_eq!(parse_c_int("9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_c_int("9223372036854775808"), None);
+        assert_eq!(parse_c_int("-9223372036854775809"), None);
+        assert_eq!(parse_c_int("0x1ffffffffffffffff"), None);
+    }
+
+    #[test]
+    fn c_integers_take_one_sign_only() {
+        for s in [
+            "--5",
+            "+-5",
+            "-+5",
+            "++5",
+            "0-5",
+            "0+5",
+            "0x-5",
+            "0x+5",
+            "-0x-5",
+            "0X-5",
+            "00-5",
+            "- 5",
+            "-",
+            "+",
+            "0x",
+            "-0x",
+            // Would overflow a negation of i64::MIN.
+            "--9223372036854775808",
+            "-0x-8000000000000000",
+            "08",
+        ] {
+            assert_eq!(parse_c_int(s), None, "{s:?}");
+        }
     }
 
     #[test]
@@ -601,11 +713,49 @@ mod tests {
                 "{bad}"
             );
         }
+        // A negative size is reported as negative, not as a rounded "0 bytes".
+        let e = get(&[CHUNK, ("TCPX_SIM_BOUNCE_BYTES", "-4096")]).map_err(|e| e.to_string());
+        assert_eq!(
+            e,
+            Err(
+                "TCPX_SIM_BOUNCE_BYTES: -4096 is negative: the bounce pool size is a byte count"
+                    .to_owned()
+            )
+        );
         // A chunk larger than the default pool raises the default to one chunk.
         assert_eq!(
             get(&[("NCCL_DYNAMIC_CHUNK_SIZE", "0x40000001")]).map(|c| c.1),
             Ok((1 << 30) + 4096)
         );
+    }
+
+    #[test]
+    fn handshake_and_hello_timeouts() {
+        let get = |v: &[(&str, &str)]| cfg(v).map(|c| (c.handshake_timeout, c.hello_timeout));
+        assert_eq!(
+            get(&[CHUNK]),
+            Ok((DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HELLO_TIMEOUT))
+        );
+        assert_eq!(
+            get(&[
+                CHUNK,
+                ("TCPX_SIM_HANDSHAKE_TIMEOUT_MS", "250"),
+                ("TCPX_SIM_HELLO_TIMEOUT_MS", "0x10"),
+            ]),
+            Ok((Duration::from_millis(250), Duration::from_millis(16)))
+        );
+        assert_eq!(
+            get(&[CHUNK, ("TCPX_SIM_HANDSHAKE_TIMEOUT_MS", "86400000")]).map(|c| c.0),
+            Ok(MAX_HANDSHAKE_TIMEOUT)
+        );
+        for var in ["TCPX_SIM_HANDSHAKE_TIMEOUT_MS", "TCPX_SIM_HELLO_TIMEOUT_MS"] {
+            for bad in ["0", "-5", "86400001", "soon", "--5"] {
+                assert!(
+                    matches!(get(&[CHUNK, (var, bad)]), Err(SimError::BadEnv { var: v, .. }) if v == var),
+                    "{var}={bad}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -21,6 +21,23 @@
 //! concurrently. After the last socket the accept thread sleeps
 //! `NCCL_GPUDIRECTTCPX_PROGRAM_FLOW_STEERING_WAIT_MICROS` (sim default 0).
 //!
+//! Invariants: every wait of the two threads has a deadline (*sim*; TCPX waits forever), so each
+//! thread ends and the next `connect` / `accept` reports its result:
+//! * The **handshake timeout** (`TCPX_SIM_HANDSHAKE_TIMEOUT_MS`, default
+//!   [`DEFAULT_HANDSHAKE_TIMEOUT`]) bounds each thread from its start (the first `connect` or
+//!   `accept` call) to its last socket: every `connect()` (through `SO_SNDTIMEO`), every
+//!   `ConnectionState` read of the connector, every wait of the acceptor for a connection or a
+//!   hello. When it passes the thread ends with [`SimError::HandshakeTimeout`]. `ECONNREFUSED` is
+//!   retried for 20 s or until this deadline, whichever comes first.
+//! * The **hello timeout** (`TCPX_SIM_HELLO_TIMEOUT_MS`, default [`DEFAULT_HELLO_TIMEOUT`])
+//!   bounds the acceptor's wait for the hello of one accepted connection. A connection that
+//!   sends no hello in time is not a tcpx-sim connector (a port probe, a stuck process): it is
+//!   closed and the acceptor accepts the next one, so one silent connector cannot keep the real
+//!   one out. A connection that sends a wrong hello still fails the accept.
+//! * `closeListen` (dropping the [`ListenComm`]) stops a running accept thread within
+//!   [`HANDSHAKE_POLL`] (plus the flow-steering sleep's 10 ms step); nothing stops a connect
+//!   thread early, its deadline ends it. A thread never dereferences caller memory.
+//!
 //! ```no_run
 //! # use tcpx_sim::{config::Config, conn};
 //! # fn demo(cfg: &Config) -> Result<(), tcpx_sim::error::SimError> {
@@ -55,7 +72,17 @@ use crate::wire::{self, ConnState, Hello, ListenHandle, Role, HELLO_LEN};
 pub const CONNECT_REFUSED_RETRY: Duration = Duration::from_secs(20);
 /// How often `ETIMEDOUT` is retried (TCPX: 3).
 pub const CONNECT_TIMEOUT_RETRIES: u32 = 3;
-/// Polling step of the accept thread (so `closeListen` can stop it).
+/// Default handshake timeout of a connect or accept thread (`TCPX_SIM_HANDSHAKE_TIMEOUT_MS`;
+/// TCPX has none). Generous: three times TCPX's 20 s `ECONNREFUSED` retry.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default wait of the acceptor for the hello of one accepted connection
+/// (`TCPX_SIM_HELLO_TIMEOUT_MS`); a connector writes its hello right after `connect()`.
+pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest handshake or hello timeout (one day), so that every deadline is a valid [`Instant`].
+pub const MAX_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+/// Longest single blocking read of a handshake socket, so `closeListen` can stop the acceptor.
+pub const HANDSHAKE_POLL: Duration = Duration::from_millis(100);
+/// Polling step of the accept thread while no connection is pending.
 const ACCEPT_POLL: Duration = Duration::from_millis(1);
 
 /// A random u64 (nonces, connection ids).
@@ -76,10 +103,62 @@ fn handshake(why: impl Into<String>) -> SimError {
     SimError::Handshake { why: why.into() }
 }
 
-/// Reads exactly `buf.len()` bytes, retrying read timeouts until `stop` is set.
-fn read_full(s: &mut TcpStream, buf: &mut [u8], stop: Option<&AtomicBool>) -> Result<(), SimError> {
+/// A point in time a handshake wait must not pass, and the timeout it came from (for the error).
+#[derive(Clone, Copy, Debug)]
+struct Deadline {
+    at: Instant,
+    timeout: Duration,
+}
+
+impl Deadline {
+    /// `timeout` (capped at [`MAX_HANDSHAKE_TIMEOUT`]) from now.
+    fn after(timeout: Duration) -> Deadline {
+        let timeout = timeout.min(MAX_HANDSHAKE_TIMEOUT);
+        Deadline {
+            at: Instant::now() + timeout,
+            timeout,
+        }
+    }
+
+    /// The earlier of the two.
+    fn min(self, other: Deadline) -> Deadline {
+        if other.at < self.at {
+            other
+        } else {
+            self
+        }
+    }
+
+    /// Time left, or the timeout error when none is.
+    fn remaining(&self, waiting_for: &'static str) -> Result<Duration, SimError> {
+        match self.at.checked_duration_since(Instant::now()) {
+            Some(d) if !d.is_zero() => Ok(d),
+            _ => Err(SimError::HandshakeTimeout {
+                waiting_for,
+                after: self.timeout,
+            }),
+        }
+    }
+}
+
+/// Reads exactly `buf.len()` bytes before `deadline`, in reads of at most [`HANDSHAKE_POLL`],
+/// stopping early when `stop` is set. Leaves a read timeout on `s`: reset it before handing the
+/// socket on.
+fn read_full(
+    s: &mut TcpStream,
+    buf: &mut [u8],
+    stop: Option<&AtomicBool>,
+    deadline: Deadline,
+    waiting_for: &'static str,
+) -> Result<(), SimError> {
     let mut got = 0;
     while got < buf.len() {
+        if stop.is_some_and(|s| s.load(Ordering::Acquire)) {
+            return Err(handshake("listen comm closed during accept"));
+        }
+        let left = deadline.remaining(waiting_for)?;
+        s.set_read_timeout(Some(left.min(HANDSHAKE_POLL)))
+            .map_err(io("setsockopt"))?;
         match s.read(&mut buf[got..]) {
             Ok(0) => return Err(SimError::PeerClosed { socket: None }),
             Ok(n) => got += n,
@@ -87,12 +166,7 @@ fn read_full(s: &mut TcpStream, buf: &mut [u8], stop: Option<&AtomicBool>) -> Re
                 if matches!(
                     e.kind(),
                     ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) =>
-            {
-                if stop.is_some_and(|s| s.load(Ordering::Acquire)) {
-                    return Err(handshake("listen comm closed during accept"));
-                }
-            }
+                ) => {}
             Err(e) => return Err(SimError::from_io("recv", None, &e)),
         }
     }
@@ -107,6 +181,8 @@ pub struct ListenComm {
     handle: ListenHandle,
     nthreads: usize,
     wait: Duration,
+    handshake_timeout: Duration,
+    hello_timeout: Duration,
     state: AcceptState,
 }
 
@@ -118,6 +194,16 @@ enum AcceptState {
         stop: Arc<AtomicBool>,
     },
     Finished,
+}
+
+/// What the accept thread needs besides its sockets.
+#[derive(Clone, Copy, Debug)]
+struct AcceptParams {
+    handle: ListenHandle,
+    nthreads: usize,
+    wait: Duration,
+    deadline: Deadline,
+    hello_timeout: Duration,
 }
 
 impl ListenComm {
@@ -147,6 +233,8 @@ impl ListenComm {
                 handle,
                 nthreads: cfg.nthreads,
                 wait: cfg.flow_steering_wait,
+                handshake_timeout: cfg.handshake_timeout,
+                hello_timeout: cfg.hello_timeout,
                 state: AcceptState::Idle,
             },
             bytes,
@@ -158,18 +246,25 @@ impl ListenComm {
         &self.handle
     }
 
-    /// `accept`: Ok(None) while the accept thread runs, then the connection once.
+    /// `accept`: Ok(None) while the accept thread runs, then the connection (or the thread's
+    /// error, [`SimError::HandshakeTimeout`] included) once.
     pub fn accept(&mut self) -> Result<Option<Link>, SimError> {
         match &self.state {
             AcceptState::Idle => {
                 let data = self.data.try_clone().map_err(io("dup"))?;
                 let ctrl = self.ctrl.try_clone().map_err(io("dup"))?;
                 let stop = Arc::new(AtomicBool::new(false));
-                let (h, nthreads, wait, st) =
-                    (self.handle, self.nthreads, self.wait, Arc::clone(&stop));
+                let params = AcceptParams {
+                    handle: self.handle,
+                    nthreads: self.nthreads,
+                    wait: self.wait,
+                    deadline: Deadline::after(self.handshake_timeout),
+                    hello_timeout: self.hello_timeout,
+                };
+                let st = Arc::clone(&stop);
                 let thread = std::thread::Builder::new()
                     .name("tcpx-sim-accept".into())
-                    .spawn(move || accept_thread(data, ctrl, h, nthreads, wait, &st))
+                    .spawn(move || accept_thread(data, ctrl, params, &st))
                     .map_err(io("spawn accept thread"))?;
                 self.state = AcceptState::Running { thread, stop };
                 Ok(None)
@@ -199,37 +294,61 @@ impl Drop for ListenComm {
             std::mem::replace(&mut self.state, AcceptState::Finished)
         {
             stop.store(true, Ordering::Release);
-            // The thread polls `stop` at least every 100 ms; a finished connection is dropped.
+            // The thread checks `stop` at least every HANDSHAKE_POLL; a finished connection is
+            // dropped.
             let _ = thread.join();
         }
     }
 }
 
-fn accept_one(l: &TcpListener, stop: &AtomicBool) -> Result<TcpStream, SimError> {
+/// Accepts the next connection on `l` before `deadline`.
+fn accept_one(
+    l: &TcpListener,
+    stop: &AtomicBool,
+    deadline: Deadline,
+    waiting_for: &'static str,
+) -> Result<TcpStream, SimError> {
     loop {
         match l.accept() {
             Ok((s, _)) => {
                 s.set_nonblocking(false).map_err(io("fcntl"))?;
                 s.set_nodelay(true).map_err(io("setsockopt"))?;
-                s.set_read_timeout(Some(Duration::from_millis(100)))
-                    .map_err(io("setsockopt"))?;
                 return Ok(s);
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
                 if stop.load(Ordering::Acquire) {
                     return Err(handshake("listen comm closed during accept"));
                 }
-                std::thread::sleep(ACCEPT_POLL);
+                let left = deadline.remaining(waiting_for)?;
+                std::thread::sleep(left.min(ACCEPT_POLL));
             }
             Err(e) => return Err(SimError::from_io("accept", None, &e)),
         }
     }
 }
 
-fn read_hello(s: &mut TcpStream, stop: &AtomicBool) -> Result<Hello, SimError> {
-    let mut b = [0u8; HELLO_LEN];
-    read_full(s, &mut b, Some(stop))?;
-    Hello::decode(&b)
+/// Accepts connections on `l` until one sends its hello within `hello_timeout`; one that stays
+/// silent that long is closed and skipped. Everything ends at `deadline`.
+fn accept_hello(
+    l: &TcpListener,
+    stop: &AtomicBool,
+    deadline: Deadline,
+    hello_timeout: Duration,
+    waiting_for: &'static str,
+) -> Result<(TcpStream, Hello), SimError> {
+    loop {
+        let mut s = accept_one(l, stop, deadline, waiting_for)?;
+        let mut b = [0u8; HELLO_LEN];
+        let hello_deadline = Deadline::after(hello_timeout).min(deadline);
+        match read_full(&mut s, &mut b, Some(stop), hello_deadline, waiting_for) {
+            Ok(()) => return Ok((s, Hello::decode(&b)?)),
+            // A silent connection: drop it and accept the next one while time is left.
+            Err(SimError::HandshakeTimeout { .. }) => {
+                deadline.remaining(waiting_for)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn send_state(ctrl: &mut TcpStream, st: ConnState) -> Result<(), SimError> {
@@ -239,17 +358,21 @@ fn send_state(ctrl: &mut TcpStream, st: ConnState) -> Result<(), SimError> {
 fn accept_thread(
     data: TcpListener,
     ctrl: TcpListener,
-    h: ListenHandle,
-    nthreads: usize,
-    wait: Duration,
+    p: AcceptParams,
     stop: &AtomicBool,
 ) -> Result<Link, SimError> {
     data.set_nonblocking(true).map_err(io("fcntl"))?;
     ctrl.set_nonblocking(true).map_err(io("fcntl"))?;
+    let h = p.handle;
     let nsocks = h.nsocks as usize;
 
-    let mut c = accept_one(&ctrl, stop)?;
-    let hello = read_hello(&mut c, stop)?;
+    let (mut c, hello) = accept_hello(
+        &ctrl,
+        stop,
+        p.deadline,
+        p.hello_timeout,
+        "the connector's control socket and its hello",
+    )?;
     let why = if hello.role != Role::Ctrl {
         Some("first connection is not a control socket")
     } else if hello.nonce != h.nonce {
@@ -267,8 +390,13 @@ fn accept_thread(
 
     let mut socks: Vec<Option<TcpStream>> = (0..nsocks).map(|_| None).collect();
     for _ in 0..nsocks {
-        let mut d = accept_one(&data, stop)?;
-        let dh = read_hello(&mut d, stop)?;
+        let (d, dh) = accept_hello(
+            &data,
+            stop,
+            p.deadline,
+            p.hello_timeout,
+            "the connector's data sockets and their hellos",
+        )?;
         let idx = dh.index as usize;
         let why = if dh.role != Role::Data {
             Some("a control socket arrived on the data listener")
@@ -289,22 +417,42 @@ fn accept_thread(
     }
 
     let t0 = Instant::now();
-    while t0.elapsed() < wait {
+    while t0.elapsed() < p.wait {
         if stop.load(Ordering::Acquire) {
             return Err(handshake("listen comm closed during accept"));
         }
-        std::thread::sleep((wait - t0.elapsed()).min(Duration::from_millis(10)));
+        std::thread::sleep(
+            p.wait
+                .saturating_sub(t0.elapsed())
+                .min(Duration::from_millis(10)),
+        );
     }
     c.set_read_timeout(None).map_err(io("setsockopt"))?;
     Ok(Link {
         ctrl: c,
         data: socks.into_iter().flatten().collect(),
-        nthreads,
+        nthreads: p.nthreads,
     })
 }
 
-/// Opens a TCP connection from `local` (port 0) to `remote`, retrying like TCPX.
-pub fn connect_from(local: IpAddr, remote: SocketAddr) -> Result<TcpStream, SimError> {
+/// Opens a TCP connection from `local` (port 0) to `remote`, retrying like TCPX: `ECONNREFUSED`
+/// for [`CONNECT_REFUSED_RETRY`], `ETIMEDOUT` [`CONNECT_TIMEOUT_RETRIES`] times. Nothing waits
+/// past `timeout` from now: each `connect()` blocks at most until then (`SO_SNDTIMEO`), the
+/// retries stop there, and a `connect()` still pending then is
+/// [`SimError::HandshakeTimeout`].
+pub fn connect_from(
+    local: IpAddr,
+    remote: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, SimError> {
+    connect_before(local, remote, Deadline::after(timeout))
+}
+
+fn connect_before(
+    local: IpAddr,
+    remote: SocketAddr,
+    deadline: Deadline,
+) -> Result<TcpStream, SimError> {
     let family = match remote {
         SocketAddr::V4(_) => AddressFamily::Inet,
         SocketAddr::V6(_) => AddressFamily::Inet6,
@@ -314,9 +462,11 @@ pub fn connect_from(local: IpAddr, remote: SocketAddr) -> Result<TcpStream, SimE
             "local NIC address {local} and listener {remote} are of different families"
         )));
     }
-    let deadline = Instant::now() + CONNECT_REFUSED_RETRY;
+    const WAITING_FOR: &str = "connect() to the listener";
+    let refused_until = Instant::now() + CONNECT_REFUSED_RETRY;
     let mut timeouts = 0;
     loop {
+        let left = deadline.remaining(WAITING_FOR)?;
         let fd =
             nsock::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(|e| {
                 SimError::Io {
@@ -335,14 +485,22 @@ pub fn connect_from(local: IpAddr, remote: SocketAddr) -> Result<TcpStream, SimE
             &SockaddrStorage::from(SocketAddr::new(local, 0)),
         )
         .map_err(|e| nix_err("bind", e))?;
-        match nsock::connect(fd.as_raw_fd(), &SockaddrStorage::from(remote)) {
+        // Not connected yet, but a TcpStream sets socket options on any TCP socket. On Linux a
+        // blocking connect() gives up with EINPROGRESS once SO_SNDTIMEO passes.
+        let s = TcpStream::from(fd);
+        s.set_write_timeout(Some(left)).map_err(io("setsockopt"))?;
+        match nsock::connect(s.as_raw_fd(), &SockaddrStorage::from(remote)) {
             Ok(()) => {
-                let s = TcpStream::from(fd);
+                s.set_write_timeout(None).map_err(io("setsockopt"))?;
                 s.set_nodelay(true).map_err(io("setsockopt"))?;
                 return Ok(s);
             }
-            Err(Errno::ECONNREFUSED) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(1));
+            Err(Errno::EINPROGRESS | Errno::EAGAIN) => {
+                // SO_SNDTIMEO passed: the deadline has (or, by clock granularity, almost has).
+                deadline.remaining(WAITING_FOR)?;
+            }
+            Err(Errno::ECONNREFUSED) if Instant::now() < refused_until => {
+                std::thread::sleep(Duration::from_millis(1).min(left));
             }
             Err(Errno::ETIMEDOUT) if timeouts < CONNECT_TIMEOUT_RETRIES => timeouts += 1,
             Err(Errno::EINTR) => {}
@@ -351,9 +509,15 @@ pub fn connect_from(local: IpAddr, remote: SocketAddr) -> Result<TcpStream, SimE
     }
 }
 
-fn expect_ok(ctrl: &mut TcpStream) -> Result<(), SimError> {
+fn expect_ok(ctrl: &mut TcpStream, deadline: Deadline) -> Result<(), SimError> {
     let mut b = [0u8; 4];
-    read_full(ctrl, &mut b, None)?;
+    read_full(
+        ctrl,
+        &mut b,
+        None,
+        deadline,
+        "the acceptor's ConnectionState (is the peer's accept running?)",
+    )?;
     match ConnState::decode(b) {
         ConnState::Ok => Ok(()),
         _ => Err(handshake(
@@ -362,10 +526,15 @@ fn expect_ok(ctrl: &mut TcpStream) -> Result<(), SimError> {
     }
 }
 
-fn connect_thread(local: IpAddr, ctrl_local: IpAddr, h: ListenHandle) -> Result<Link, SimError> {
+fn connect_thread(
+    local: IpAddr,
+    ctrl_local: IpAddr,
+    h: ListenHandle,
+    deadline: Deadline,
+) -> Result<Link, SimError> {
     let conn_id = random_u64();
     let nsocks = h.nsocks as usize;
-    let mut c = connect_from(ctrl_local, h.ctrl_addr)?;
+    let mut c = connect_before(ctrl_local, h.ctrl_addr, deadline)?;
     let hello = Hello {
         role: Role::Ctrl,
         nonce: h.nonce,
@@ -374,19 +543,20 @@ fn connect_thread(local: IpAddr, ctrl_local: IpAddr, h: ListenHandle) -> Result<
         nsocks: h.nsocks,
     };
     c.write_all(&hello.encode()).map_err(io("send"))?;
-    expect_ok(&mut c)?;
+    expect_ok(&mut c, deadline)?;
     let mut socks: Vec<Option<TcpStream>> = (0..nsocks).map(|_| None).collect();
     for i in (0..nsocks).rev() {
-        let mut d = connect_from(local, h.data_addr)?;
+        let mut d = connect_before(local, h.data_addr, deadline)?;
         let dh = Hello {
             role: Role::Data,
             index: i as u32,
             ..hello
         };
         d.write_all(&dh.encode()).map_err(io("send"))?;
-        expect_ok(&mut c)?;
+        expect_ok(&mut c, deadline)?;
         socks[i] = Some(d);
     }
+    c.set_read_timeout(None).map_err(io("setsockopt"))?;
     Ok(Link {
         ctrl: c,
         data: socks.into_iter().flatten().collect(),
@@ -402,8 +572,9 @@ enum ConnectSlot {
 static CONNECTS: Mutex<BTreeMap<u64, ConnectSlot>> = Mutex::new(BTreeMap::new());
 static NEXT_KEY: AtomicU64 = AtomicU64::new(0x5349_4d00_0000_0001);
 
-/// `connect(dev, handle)`: Ok(None) while the connect thread runs, then the connection once.
-/// `handle` is the caller's 128-byte buffer; the first call writes `connect_args` into it.
+/// `connect(dev, handle)`: Ok(None) while the connect thread runs, then the connection (or the
+/// thread's error, [`SimError::HandshakeTimeout`] included) once. `handle` is the caller's
+/// 128-byte buffer; the first call writes `connect_args` into it.
 pub fn connect(cfg: &Config, dev: usize, handle: &mut NetHandle) -> Result<Option<Link>, SimError> {
     let lh = ListenHandle::decode(handle)?;
     let key = wire::connect_args(handle);
@@ -419,9 +590,10 @@ pub fn connect(cfg: &Config, dev: usize, handle: &mut NetHandle) -> Result<Optio
         } else {
             local
         };
+        let deadline = Deadline::after(cfg.handshake_timeout);
         let thread = std::thread::Builder::new()
             .name("tcpx-sim-connect".into())
-            .spawn(move || connect_thread(local, ctrl_local, lh))
+            .spawn(move || connect_thread(local, ctrl_local, lh, deadline))
             .map_err(io("spawn connect thread"))?;
         let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
         map.insert(key, ConnectSlot::Running(thread));
@@ -557,11 +729,154 @@ mod tests {
         let probe = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = probe.local_addr().unwrap();
         drop(probe);
-        let t = std::thread::spawn(move || connect_from("127.0.0.1".parse().unwrap(), addr));
+        let t = std::thread::spawn(move || {
+            connect_from(
+                "127.0.0.1".parse().unwrap(),
+                addr,
+                DEFAULT_HANDSHAKE_TIMEOUT,
+            )
+        });
         std::thread::sleep(Duration::from_millis(30));
         let l = TcpListener::bind(addr).unwrap();
         let s = t.join().unwrap().unwrap();
         let (peer, _) = l.accept().unwrap();
         assert_eq!(peer.peer_addr().unwrap(), s.local_addr().unwrap());
+    }
+
+    /// Polls `f` (a `connect` or `accept`) until it returns a comm or an error; the 20 s guard
+    /// only catches a hang, it is not what the tests assert.
+    fn drive<T>(mut f: impl FnMut() -> Result<Option<T>, SimError>) -> Result<T, SimError> {
+        let t0 = Instant::now();
+        loop {
+            assert!(t0.elapsed() < Duration::from_secs(20), "still running");
+            if let Some(v) = f()? {
+                return Ok(v);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn with_timeouts(handshake: u64, hello: u64) -> Config {
+        let mut c = cfg(2, 1);
+        c.handshake_timeout = Duration::from_millis(handshake);
+        c.hello_timeout = Duration::from_millis(hello);
+        c
+    }
+
+    #[test]
+    fn a_connect_whose_peer_never_accepts_fails_with_a_handshake_timeout() {
+        let cfg = with_timeouts(200, 200);
+        // The listen sockets are open (the kernel completes connect()), but accept never runs,
+        // so no ConnectionState ever comes back.
+        let (_l, mut h) = ListenComm::new(&cfg, 0).unwrap();
+        let r = drive(|| connect(&cfg, 0, &mut h));
+        assert!(
+            matches!(
+                r,
+                Err(SimError::HandshakeTimeout { after, .. }) if after == cfg.handshake_timeout
+            ),
+            "{r:?}"
+        );
+        // The thread's slot was consumed with its error.
+        assert_eq!(
+            connect(&cfg, 0, &mut h).err(),
+            Some(SimError::SecondConnect)
+        );
+    }
+
+    #[test]
+    fn an_accept_whose_connector_never_comes_fails_with_a_handshake_timeout() {
+        let cfg = with_timeouts(200, 200);
+        let (mut l, _h) = ListenComm::new(&cfg, 0).unwrap();
+        let r = drive(|| l.accept());
+        assert!(matches!(r, Err(SimError::HandshakeTimeout { .. })), "{r:?}");
+        assert_eq!(l.accept().err(), Some(SimError::SecondAccept));
+    }
+
+    #[test]
+    fn an_accept_whose_only_connector_stays_silent_fails_with_a_handshake_timeout() {
+        let cfg = with_timeouts(300, 100);
+        let (mut l, _h) = ListenComm::new(&cfg, 0).unwrap();
+        let _silent = TcpStream::connect(l.handle().ctrl_addr).unwrap();
+        let r = drive(|| l.accept());
+        assert!(
+            matches!(r, Err(SimError::HandshakeTimeout { waiting_for, .. })
+                if waiting_for.contains("control socket")),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_silent_connector_is_closed_and_the_real_one_accepted() {
+        // Handshake timeout: the default (60 s); hello timeout: 500 ms, long enough for the real
+        // connector's hello to follow its connect() on a loaded machine.
+        let mut cfg = cfg(2, 1);
+        cfg.hello_timeout = Duration::from_millis(500);
+        let (mut l, mut h) = ListenComm::new(&cfg, 0).unwrap();
+        // Both connect (so they queue ahead of the real connector) and never send a hello.
+        let mut silent = [
+            TcpStream::connect(l.handle().ctrl_addr).unwrap(),
+            TcpStream::connect(l.handle().data_addr).unwrap(),
+        ];
+        let (mut s, mut r) = (None, None);
+        let t0 = Instant::now();
+        while s.is_none() || r.is_none() {
+            assert!(t0.elapsed() < Duration::from_secs(20), "still running");
+            if r.is_none() {
+                r = l.accept().unwrap();
+            }
+            if s.is_none() {
+                s = connect(&cfg, 0, &mut h).unwrap();
+            }
+        }
+        let (mut s, mut r) = (s.unwrap(), r.unwrap());
+        assert_eq!((s.data.len(), r.data.len()), (2, 2));
+        for i in 0..2 {
+            s.data[i].write_all(&[i as u8 + 1]).unwrap();
+            let mut b = [0u8];
+            r.data[i].read_exact(&mut b).unwrap();
+            assert_eq!(b[0], i as u8 + 1);
+        }
+        // The acceptor closed the silent connections (EOF, no bytes).
+        for q in &mut silent {
+            q.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut b = [0u8; 4];
+            assert_eq!(q.read(&mut b).unwrap(), 0);
+        }
+    }
+
+    #[test]
+    fn a_connect_the_listener_never_answers_is_bounded() {
+        // A listener whose accept queue is full drops SYNs, so connect() stays pending.
+        let fd = nsock::socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        nsock::bind(fd.as_raw_fd(), &SockaddrStorage::from(any)).unwrap();
+        nsock::listen(&fd, nsock::Backlog::new(0).unwrap()).unwrap();
+        let l = TcpListener::from(fd);
+        let addr = l.local_addr().unwrap();
+        // Fill the queue (backlog 0 holds one connection).
+        let mut fill = Vec::new();
+        let r = loop {
+            let r = connect_from(
+                "127.0.0.1".parse().unwrap(),
+                addr,
+                Duration::from_millis(300),
+            );
+            match r {
+                Ok(s) if fill.len() < 4 => fill.push(s),
+                other => break other,
+            }
+        };
+        assert!(
+            matches!(r, Err(SimError::HandshakeTimeout { waiting_for, .. })
+                if waiting_for.starts_with("connect()")),
+            "{r:?}"
+        );
     }
 }

@@ -128,6 +128,14 @@ pub enum SimError {
         /// What went wrong.
         why: String,
     },
+    /// A connect or accept thread did not finish its handshake within
+    /// `TCPX_SIM_HANDSHAKE_TIMEOUT_MS` (*sim*: TCPX waits forever).
+    HandshakeTimeout {
+        /// What the thread was still waiting for.
+        waiting_for: &'static str,
+        /// The timeout that passed.
+        after: std::time::Duration,
+    },
     /// `accept` was given `recvDevComm != NULL` but `*recvDevComm == NULL`.
     NullDeviceHandleStorage,
     /// More than 16 requests outstanding on one comm.
@@ -302,6 +310,9 @@ impl SimError {
             SimError::SecondAccept => "one accept per listen comm",
             SimError::UnknownConnectArgs => "retry connect with the same handle buffer",
             SimError::Handshake { .. } => "connect to the listener the handle came from",
+            SimError::HandshakeTimeout { .. } => {
+                "the peer runs connect / accept for the handle concurrently"
+            }
             SimError::NullDeviceHandleStorage => "accept's **recvDevComm is caller storage",
             SimError::TooManyRequests => {
                 "MAX_REQUESTS=16 per comm (recv holds its slot until irecvConsumed)"
@@ -355,6 +366,9 @@ impl SimError {
             | SimError::BadDevice { .. } => "dereferences it and crashes",
             SimError::ConcurrentUse { .. } => "races on the comm's state",
             SimError::SecondConnect | SimError::SecondAccept => "uses freed memory",
+            SimError::HandshakeTimeout { .. } => {
+                "waits forever: connect / accept keep returning a NULL comm"
+            }
             SimError::TestNotHead { expected: None, .. } => "returns success with done=0 forever",
             SimError::ConsumedInvalid { .. } => "returns success or ncclInternalError",
             SimError::MessageTooLarge { .. } => "overflows the receive buffer silently",
@@ -424,6 +438,12 @@ impl fmt::Display for SimError {
                 "the handle's connect_args (offset 80) was not written by connect in this process"
             ),
             SimError::Handshake { why } => write!(f, "connection handshake failed: {why}"),
+            SimError::HandshakeTimeout { waiting_for, after } => write!(
+                f,
+                "connection handshake timed out after {} ms waiting for {waiting_for} \
+                 (TCPX_SIM_HANDSHAKE_TIMEOUT_MS)",
+                after.as_millis()
+            ),
             SimError::NullDeviceHandleStorage => write!(
                 f,
                 "*recvDevComm is NULL; pass a pointer to a caller-owned 32-byte ncclNetDeviceHandle_v7_t"
@@ -647,6 +667,16 @@ mod tests {
         .to_string()
         .contains("test called with invalid request"));
         assert!(SimError::Iflush.to_string().contains("iflush"));
+        let e = SimError::HandshakeTimeout {
+            waiting_for: "the acceptor's ConnectionState",
+            after: std::time::Duration::from_millis(1500),
+        };
+        assert_eq!(e.rc(), NcclResult::INTERNAL_ERROR);
+        assert!(e.to_string().contains("after 1500 ms"), "{e}");
+        assert!(
+            e.to_string().contains("TCPX_SIM_HANDSHAKE_TIMEOUT_MS"),
+            "{e}"
+        );
         assert!(SimError::MessageTooLarge {
             sent: 10,
             posted: 5

@@ -1,7 +1,7 @@
 //! Caller-owned host memory: registrations and the byte ranges helper threads move.
 //!
-//! This is where the sim touches memory it does not own, so it is one of the three modules with
-//! `unsafe` (with `ffi` and `bounce`). A [`HostRegion`] is created only by `regMr`, whose caller
+//! This is where the sim touches memory it does not own, so it is one of the modules with `unsafe`
+//! (with `ffi`, `bounce`, `cuda` and the logger call in `log`). A [`HostRegion`] is created only by `regMr`, whose caller
 //! promises — as with any NCCL plugin — that the memory stays valid until `deregMr`, and that a
 //! buffer passed to `isend`/`irecv` is neither freed nor touched until `test` reports the request
 //! done. An [`IoRange`] can only be cut from a region, bounds-checked, so every slice the helper

@@ -30,6 +30,8 @@
 //!
 //! Stricter than TCPX (*sim*), each a loud failure instead of a crash, hang or silent corruption:
 //! a NULL logger, `NCCL_DYNAMIC_CHUNK_SIZE` unset/0 or `NCCL_SOCKET_NTHREADS` > 8 fail `init`;
+//! a `connect` or `accept` whose peer never completes the handshake fails after
+//! `TCPX_SIM_HANDSHAKE_TIMEOUT_MS` (TCPX's threads wait forever);
 //! a message larger than the posted receive fails that receive's `test` (TCPX overflows); `accept`
 //! with a NULL device-handle pointer makes the first `irecv` fail (TCPX segfaults); `test` on a
 //! done receive, `irecvConsumed` on a send request, a buffer outside its registration, two
@@ -44,7 +46,7 @@
 //! * `NCCL_GPUDIRECTTCPX_SOCKET_FAMILY` — `AF_INET` / `AF_INET6`.
 //! * `NCCL_GPUDIRECTTCPX_CTRL_DEV` — control sockets on this interface.
 //! * `NCCL_GPUDIRECTTCPX_SOCKET_ENABLE` — 0 makes `init` fail.
-//! * `NCCL_GPUDIRECTTCPX_FLOW_STEERING_STRATEGY` — anything but 3 makes `init` fail.
+//! * `NCCL_GPUDIRECTTCPX_FLOW_STEERING_STRATEGY` — a non-negative value other than 3 makes `init` fail.
 //! * `NCCL_GPUDIRECTTCPX_PROGRAM_FLOW_STEERING_WAIT_MICROS` — sleep after accept (sim default 0; TCPX 5 s).
 //! * `NCCL_USE_DMA_BUF` — 0 makes CUDA `regMr` fail.
 //! * `TCPX_SIM_VIRTUAL_NICS` — *sim only*: virtual NICs on loopback, below.
@@ -53,6 +55,10 @@
 //! * `TCPX_SIM_BOUNCE_BYTES` — *sim only*: each GPU's bounce pool in CUDA mode (default 512 MiB).
 //! * `TCPX_SIM_BOUNCE_MEM` — *sim only*: `device` (default) or `host` — where the bounce pools
 //!   live; `host` keeps GPU work off the receive path, as on TCPX (use it under NCCL, below).
+//! * `TCPX_SIM_HANDSHAKE_TIMEOUT_MS` — *sim only*: how long a connect or accept thread may run
+//!   before it fails with a handshake timeout (default 60000; TCPX waits forever).
+//! * `TCPX_SIM_HELLO_TIMEOUT_MS` — *sim only*: how long the acceptor waits for the hello of one
+//!   accepted connection before closing it and accepting the next (default 5000).
 //!
 //! ## Virtual NICs
 //!
