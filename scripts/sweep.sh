@@ -4,7 +4,7 @@
 #
 # usage: scripts/sweep.sh [--bench PATH] [--channels "1 2 4 8"] [--chunks "128KiB 512KiB 1MiB 4MiB"]
 #                         [--size 256MiB] [--iters 10] [-- more loopback arguments]
-#   e.g. `-- --depth 16` with `--size 1MiB --iters 20000`: the stream of bench-vs-iperf3.sh
+#   e.g. `--size 1MiB --iters 64000 -- --depth 16`: the stream of bench-vs-iperf3.sh
 set -euo pipefail
 BENCH= CHANNELS="1 2 4 8" CHUNKS="128KiB 512KiB 1MiB 4MiB" SIZE=256MiB ITERS=10
 while [[ $# -gt 0 ]]; do

@@ -3,8 +3,8 @@
 //! On GCP A3-high every pair of GPUs shares the NIC under its PCIe root ({0,1}→eth1, {2,3}→eth2,
 //! {4,5}→eth3, {6,7}→eth4) and Google's guidance is to keep a GPU on that NUMA-local NIC. We find
 //! it the way the C++ tree did, from the devices' canonical sysfs paths: the NIC whose path shares
-//! the longest prefix with the GPU's is the closest; ties go to the lower device index. An explicit
-//! override (a list of NIC names) always wins.
+//! the longest prefix with the GPU's is the closest; tied NICs share the channels round-robin, in
+//! device order. An explicit override (a list of NIC names) always wins.
 //!
 //! Invariants:
 //! * Everything here reads files under a configurable root ([`Sysfs`]), so tests run on a fake

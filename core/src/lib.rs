@@ -16,7 +16,7 @@
 //! Invariants that hold crate-wide:
 //! * `#![no_std]` without `alloc`: nothing here can allocate, so nothing here can allocate on the
 //!   hot path.
-//! * `unsafe` appears only in [`ring`]; every other module is compiled with `forbid(unsafe_code)`.
+//! * `unsafe` appears only in [`ring`]: the crate denies `unsafe_code` and allows it there alone.
 //! * Misuse is a typed error, never a panic.
 #![no_std]
 #![deny(unsafe_code)]

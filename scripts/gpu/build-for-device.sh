@@ -10,7 +10,7 @@
 #                                     `#![cfg(feature = "cuda")]`, e.g. tests/gpu_unpack.rs,
 #                                     tests/sim_cuda.rs) are copied, named without the hash
 #   * libtcpx_sim.so in CUDA mode     (cargo build --release --features cuda -p tcpx-sim)
-# and copies them into .dev/bin/ (git-ignored), debug info stripped so the folder stays small
+# and copies them into .dev/bin/ (ignored by .gitignore), debug info stripped so the folder stays small
 # enough to carry to the device (KEEP_DEBUG=1 keeps it). nvcc comes from CUDA_HOME, PATH, or
 # the project's toolkit (installed here by scripts/install-nvcc.sh when none is found).
 #

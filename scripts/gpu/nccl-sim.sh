@@ -36,8 +36,9 @@
 #  * NCCL_NET=<table name> picks the plugin by name (comm->config.netName, strcasecmp); then
 #    ncclNetCheckDeviceVersion requires NCCL_NET_DEVICE_UNPACK_VERSION == 7 (still 0x7).
 #  * GPU buffers (GDR) only when the NIC is close enough to the GPU; `lo` has no PCI path, so
-#    NCCL_NET_GDR_LEVEL=SYS (and NCCL_NET_GDR_READ=1 for the send side), as on a real box the
-#    TCPX NICs sit under the GPU's switch (GCP uses PIX).
+#    NCCL_NET_GDR_LEVEL=SYS, as on a real box the TCPX NICs sit under the GPU's switch (GCP
+#    uses PIX); NCCL_NET_GDR_READ=0 with TCPX_SIM_BOUNCE_MEM=host, so that the sim's CUDA work
+#    does not queue behind NCCL's persistent kernel (sim/README.md).
 set -uo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
