@@ -16,10 +16,11 @@
 //! p10 / p90); GB/s uses GB = 10^9 bytes.
 
 use std::error::Error;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tcpx::core::unpack::LoadMeta;
+use tcpx::core::window::EventId;
 use tcpx::cuda::{
     CudaBuffer, DescPath, DeviceDst, Gpu, Stream, StreamTimer, UnpackConfig, UnpackImpl, Unpacker,
 };
@@ -169,6 +170,27 @@ fn verify(
     Ok(())
 }
 
+/// How long a measured launch may take before the bench gives up on it (a hung kernel or a
+/// lost event is an error, not a hang).
+const LAUNCH_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Spin on `event_complete` until it reports done, reading the clock only every 1024 queries
+/// (far longer than a measured launch takes) so the measurement itself is not disturbed.
+fn spin_until_complete(u: &Unpacker, e: EventId) -> Result<(), BoxError> {
+    let start = Instant::now();
+    let mut spins = 0u32;
+    while !u.event_complete(e)? {
+        spins = spins.wrapping_add(1);
+        if spins % 1024 == 0 && start.elapsed() > LAUNCH_DEADLINE {
+            return Err(
+                format!("an unpack launch did not complete within {LAUNCH_DEADLINE:?}").into(),
+            );
+        }
+        std::hint::spin_loop();
+    }
+    Ok(())
+}
+
 /// One measured unpack launch: (device ms, host µs from launch to event seen complete).
 fn timed_unpack(
     unpacker: &mut Unpacker,
@@ -184,9 +206,7 @@ fn timed_unpack(
     let t0 = Instant::now();
     let e = unpacker.launch()?.ok_or("nothing to launch")?;
     timer.stop(unpacker.stream())?;
-    while !unpacker.event_complete(e)? {
-        std::hint::spin_loop();
-    }
+    spin_until_complete(unpacker, e)?;
     let host_us = t0.elapsed().as_secs_f64() * 1e6;
     for _ in 0..chunks.len() {
         unpacker.release_event(e)?;
@@ -374,9 +394,7 @@ fn latency(gpu: &std::sync::Arc<Gpu>, args: &UnpackArgs) -> Result<Value, BoxErr
                     (u, e, t0, t0.elapsed())
                 }
             };
-            while !u.event_complete(e)? {
-                std::hint::spin_loop();
-            }
+            spin_until_complete(u, e)?;
             let us = t0.elapsed().as_secs_f64() * 1e6;
             u.release_event(e)?;
             if rep >= 100 {
