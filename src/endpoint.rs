@@ -79,7 +79,9 @@ pub struct EndpointConfig {
     pub nics: NicSelection,
     /// Where the progress thread runs.
     pub pinning: Pinning,
-    /// A transfer that makes no progress this long fails with `Stalled`.
+    /// A connection whose transfers make no progress this long fails them with `Stalled`. It
+    /// also bounds how long a setup request waits for the progress thread's answer and how
+    /// long dropping the endpoint waits for that thread to stop.
     pub stall_timeout: Duration,
     /// Let the progress thread yield its CPU while it waits on the network (see
     /// [`EngineConfig::yield_when_waiting`]); turn off on machines with cores to spare.

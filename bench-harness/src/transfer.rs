@@ -86,7 +86,7 @@ pub struct TransferArgs {
     /// Deadline for setup and for each iteration.
     #[arg(long, default_value = "60", value_parser = parse_secs)]
     pub timeout: Duration,
-    /// Fail a transfer that makes no progress for this long.
+    /// Fail a connection whose transfers make no progress for this long (seconds).
     #[arg(long, default_value = "30", value_parser = parse_secs)]
     pub stall_timeout: Duration,
     /// Where the buffers live: `host` memory, or `gpu` memory (received chunks are unpacked out

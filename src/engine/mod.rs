@@ -167,7 +167,7 @@ pub enum TransferError {
         /// What went wrong.
         reason: String,
     },
-    /// No progress for the stall timeout; `dump` shows every window.
+    /// The connection made no progress for the stall timeout; `dump` shows its windows.
     Stalled {
         /// How long nothing moved.
         waited: Duration,
