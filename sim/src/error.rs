@@ -243,6 +243,14 @@ pub enum SimError {
         /// Why.
         why: String,
     },
+    /// The sim's own GPU work (a bounce-pool copy, scatter or poison kernel) did not finish
+    /// within [`crate::gpu_wait::GPU_WAIT_TIMEOUT`].
+    CudaWaitTimeout {
+        /// The query that kept saying "not ready".
+        call: &'static str,
+        /// How long it was polled.
+        after: std::time::Duration,
+    },
     /// A CUDA driver call failed inside a plugin call or a helper thread.
     Cuda {
         /// The driver function.
@@ -282,7 +290,9 @@ impl SimError {
             | SimError::BadHandle { .. }
             | SimError::NegativeSize { .. } => NcclResult::INVALID_ARGUMENT,
             SimError::Broken { rc } => *rc,
-            SimError::Cuda { .. } => NcclResult::UNHANDLED_CUDA_ERROR,
+            SimError::Cuda { .. } | SimError::CudaWaitTimeout { .. } => {
+                NcclResult::UNHANDLED_CUDA_ERROR
+            }
             _ => NcclResult::INTERNAL_ERROR,
         }
     }
@@ -338,6 +348,9 @@ impl SimError {
             SimError::NotDeviceMemory { .. } => "NCCL_PTR_CUDA registrations are device memory",
             SimError::CudaUnavailable { .. } => "TCPX needs CUDA and a GPU",
             SimError::Cuda { .. } => "CUDA calls succeed",
+            SimError::CudaWaitTimeout { .. } => {
+                "the GPU runs the plugin's work (under NCCL: TCPX_SIM_BOUNCE_MEM=host)"
+            }
             SimError::TooManyFragments { .. } => {
                 "at most 2048 fragments per receive (keep receives <= 4 MiB)"
             }
@@ -383,6 +396,7 @@ impl SimError {
             SimError::PageAccounting { .. } => "n/a (a tcpx-sim bug)",
             SimError::Panic | SimError::Poisoned => "n/a",
             SimError::Broken { .. } => "returns the comm's error",
+            SimError::CudaWaitTimeout { .. } => "n/a (the sim's own GPU work; it would hang)",
             _ => "returns the same code",
         }
     }
@@ -529,6 +543,12 @@ impl fmt::Display for SimError {
             SimError::Cuda { call, code } => {
                 write!(f, "call to {call} failed: {} ({code})", cuda_error_name(*code))
             }
+            SimError::CudaWaitTimeout { call, after } => write!(
+                f,
+                "the sim's GPU work did not finish within {} ms ({call} kept saying not ready; \
+                 under NCCL use TCPX_SIM_BOUNCE_MEM=host)",
+                after.as_millis()
+            ),
             SimError::TooManyFragments { count } => write!(
                 f,
                 "received {count}/2048 segs, failstop: a receive into CUDA memory needs more than \

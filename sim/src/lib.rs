@@ -31,7 +31,8 @@
 //! Stricter than TCPX (*sim*), each a loud failure instead of a crash, hang or silent corruption:
 //! a NULL logger, `NCCL_DYNAMIC_CHUNK_SIZE` unset/0 or `NCCL_SOCKET_NTHREADS` > 8 fail `init`;
 //! a `connect` or `accept` whose peer never completes the handshake fails after
-//! `TCPX_SIM_HANDSHAKE_TIMEOUT_MS` (TCPX's threads wait forever);
+//! `TCPX_SIM_HANDSHAKE_TIMEOUT_MS` (TCPX's threads wait forever); a wait for the sim's own GPU
+//! work (CUDA mode) gives up after 10 s with `ncclUnhandledCudaError` ([`gpu_wait`]);
 //! a message larger than the posted receive fails that receive's `test` (TCPX overflows); `accept`
 //! with a NULL device-handle pointer makes the first `irecv` fail (TCPX segfaults); `test` on a
 //! done receive, `irecvConsumed` on a send request, a buffer outside its registration, two
@@ -95,9 +96,10 @@
 //! so no device-to-host copy either). NCCL's kernel stays resident and spins on the tail its
 //! proxy advances after `test` (`src/transport/net.cc: recvProxyProgress`,
 //! `src/device/prims_simple.h: waitPeer`); TCPX never queues GPU work there (the NIC DMAs), and
-//! work the sim queues on its own streams need not run while that kernel spins — the run hangs
-//! (NCCL's own proxy-side copies do the same: NVIDIA/nccl issues 803, 1509). With the default
-//! device pool a stalled request's WARN names the helper stuck in the CUDA wait.
+//! work the sim queues on its own streams need not run while that kernel spins — the run would
+//! hang (NCCL's own proxy-side copies do the same: NVIDIA/nccl issues 803, 1509). With the
+//! default device pool a stalled request's WARN names the helper stuck in the CUDA wait, and
+//! after 10 s that wait fails the comm ([`gpu_wait`]).
 //!
 //! The `tcpx` crate loads it like the real plugin (`Plugin::load(path)`); in-process users can
 //! take the table directly with [`plugin_v7`].
@@ -155,6 +157,7 @@ pub mod conn;
 pub mod cuda;
 pub mod error;
 pub mod ffi;
+pub mod gpu_wait;
 pub mod helper;
 pub mod hostmem;
 pub mod log;

@@ -557,8 +557,9 @@ impl CommObject {
     pub fn consumed(&self, slot: usize) -> Result<(), SimError> {
         match &mut *self.guard()? {
             Comm::Recv(r) => {
-                // Logged before the call: releasing device bounce pages waits for a poison
-                // kernel, and a log that ends here says that wait never returned.
+                // Logged before the call: releasing device bounce pages waits (at most
+                // gpu_wait::GPU_WAIT_TIMEOUT) for a poison kernel; a log that ends here says
+                // where it waited.
                 if self.firsts.first(FirstCall::Consumed) {
                     self.info(
                         Call::IrecvConsumed,

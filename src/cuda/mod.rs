@@ -31,6 +31,11 @@
 //!   staged; a rejected chunk leaves the batch as it was.
 //! * Staging memory is never rewritten while a launch may still read it: each staging slot
 //!   remembers the event of the last launch that read it.
+//! * The blocking waits off the hot path wait for finite work: a [`Stream`] or event wait (the
+//!   `--unpack host` copy, teardown) only for this crate's own kernels and copies, which never
+//!   spin on host memory. [`Gpu::synchronize`] waits for the whole context, so the
+//!   [`CudaBuffer`] helpers that use it (fills and host copies: setup, tests, the bench) are
+//!   not for a process whose GPU runs another library's persistent kernel.
 //!
 //! # Example
 //!

@@ -30,7 +30,7 @@
 //! * A connection with transfers in flight that sees no progress of its own (no submission, no
 //!   post, no completed request) for the stall timeout fails with [`TransferError::Stalled`],
 //!   carrying a dump of its windows — however busy the endpoint's other connections are. The
-//!   clock is read once every [`CLOCK_EVERY`] loop turns while anything is in flight, never per
+//!   clock is read once every `CLOCK_EVERY` (64) loop turns while anything is in flight, never per
 //!   chunk; the shutdown flag is read there too, so a busy loop notices it as quickly.
 //! * Any plugin error on a channel fails its connection: every transfer of that connection
 //!   completes with the error, and later ones fail at once. Other connections go on.

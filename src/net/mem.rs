@@ -89,8 +89,8 @@ pub unsafe trait Region: Send + Sync {
 
 /// How many requests are in flight on a region, and whether its owner holds it.
 ///
-/// Comms call [`begin_io`](Self::begin_io) before posting a request on the region and
-/// [`end_io`](Self::end_io) when it is done; the owner's lock succeeds only at zero.
+/// Comms call `begin_io` before posting a request on the region and
+/// `end_io` when it is done; the owner's lock succeeds only at zero.
 #[derive(Debug, Default)]
 pub struct AccessState(AtomicUsize);
 

@@ -30,6 +30,7 @@ use std::sync::{Mutex, OnceLock};
 use cudarc::driver::sys::{self, CUresult};
 
 use crate::error::SimError;
+use crate::gpu_wait::{wait_until_done, Query, GPU_WAIT_TIMEOUT};
 
 /// Maps a `CUresult` to `Ok` or [`SimError::Cuda`] naming `call`.
 pub fn check(call: &'static str, r: CUresult) -> Result<(), SimError> {
@@ -40,6 +41,15 @@ pub fn check(call: &'static str, r: CUresult) -> Result<(), SimError> {
             call,
             code: r as u32,
         })
+    }
+}
+
+/// A stream or event query's answer: done, not ready, or the call's error.
+fn query(call: &'static str, r: CUresult) -> Result<Query, SimError> {
+    match r {
+        CUresult::CUDA_SUCCESS => Ok(Query::Done),
+        CUresult::CUDA_ERROR_NOT_READY => Ok(Query::NotReady),
+        other => check(call, other).map(|()| Query::Done),
     }
 }
 
@@ -304,7 +314,8 @@ impl DeviceBuf {
         let stream = Stream::new(self.ctx)?;
         let _in = Entered::new(self.ctx)?;
         // SAFETY: the destination is our allocation and large enough (checked); the source is
-        // a live slice that outlives the synchronize below.
+        // a live slice that outlives this function, and `stream`'s drop waits for the copy
+        // even when the bounded wait below gives up.
         check("cuMemcpyHtoDAsync", unsafe {
             sys::cuMemcpyHtoDAsync_v2(self.ptr, bytes.as_ptr().cast(), bytes.len(), stream.raw())
         })?;
@@ -364,11 +375,12 @@ impl Stream {
         self.raw
     }
 
-    /// Waits for everything queued on the stream.
+    /// Waits for everything queued on the stream, for at most [`GPU_WAIT_TIMEOUT`]
+    /// ([`crate::gpu_wait`]: polls `cuStreamQuery` instead of blocking without a deadline).
     pub fn synchronize(&self) -> Result<(), SimError> {
-        // SAFETY: a live stream; synchronising needs no particular current context.
-        check("cuStreamSynchronize", unsafe {
-            sys::cuStreamSynchronize(self.raw)
+        wait_until_done("cuStreamQuery", GPU_WAIT_TIMEOUT, || {
+            // SAFETY: a live stream; querying needs no particular current context.
+            query("cuStreamQuery", unsafe { sys::cuStreamQuery(self.raw) })
         })
     }
 }
@@ -376,6 +388,9 @@ impl Stream {
 impl Drop for Stream {
     fn drop(&mut self) {
         if let Ok(_in) = Entered::new(self.ctx) {
+            // The one unbounded wait (crate::gpu_wait): owners free the memory this stream's
+            // work touches after dropping it, which is sound only once that work is done. A
+            // wait that timed out earlier has already failed the comm loudly.
             // SAFETY: created in `new`, destroyed once; pending work completes on its own.
             let _ = unsafe { sys::cuStreamSynchronize(self.raw) };
             // SAFETY: as above.
@@ -417,11 +432,12 @@ impl Event {
         })
     }
 
-    /// Waits until the work before the last record finished.
+    /// Waits until the work before the last record finished, for at most
+    /// [`GPU_WAIT_TIMEOUT`] (polls `cuEventQuery`, see [`crate::gpu_wait`]).
     pub fn synchronize(&self) -> Result<(), SimError> {
-        // SAFETY: a live event.
-        check("cuEventSynchronize", unsafe {
-            sys::cuEventSynchronize(self.raw)
+        wait_until_done("cuEventQuery", GPU_WAIT_TIMEOUT, || {
+            // SAFETY: a live event.
+            query("cuEventQuery", unsafe { sys::cuEventQuery(self.raw) })
         })
     }
 }

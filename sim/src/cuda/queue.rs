@@ -232,7 +232,11 @@ impl UnpackQueue for CudaUnpackQueue {
             // SAFETY: the pool's context is current and the stream is ours in it; `frags` holds
             // `count` fragments of pages this comm owns, unchanged until the synchronize below.
             unsafe { self.pool.poison(&self.stream, frags, count as u32) }?;
-            self.stream.synchronize()?;
+            if let Err(e) = self.stream.synchronize() {
+                // The poison kernel may still run: its pages are never freed (nor reused).
+                self.placed[slot] = 0;
+                return Err(e);
+            }
         }
         self.pool.free(self.pages_of(slot, count))?;
         self.placed[slot] = 0;
