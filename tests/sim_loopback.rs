@@ -200,17 +200,9 @@ fn one_gib_over_eight_comms_arrives_byte_exact() {
     }
     let patterns: Arc<Vec<Vec<u8>>> = Arc::new((0..PATTERNS as u64).map(pattern).collect());
 
-    let t0 = Instant::now();
     let pr = Arc::clone(&patterns);
     let rx = std::thread::spawn(move || drive_receivers(receivers, pr));
     drive_senders(senders, patterns);
     let verified = rx.join().expect("receiver thread");
-    let secs = t0.elapsed().as_secs_f64();
     assert_eq!(verified, COMMS * MSGS_PER_COMM * MSG, "every byte verified");
-    assert!(verified >= 1 << 30);
-    eprintln!(
-        "sim loopback: {} MiB over {COMMS} comms in {secs:.2} s ({:.2} GB/s incl. verification)",
-        verified >> 20,
-        verified as f64 / secs / 1e9
-    );
 }

@@ -190,13 +190,11 @@ fn a_sender_that_dies_mid_transfer_fails_the_receiver_within_its_deadline() {
     tx.wait(s, soon()).unwrap();
     drop(tconn);
     drop(tx);
-    let start = Instant::now();
+    // Within the deadline, and as the peer's closed sockets (TCPX's rc 2 from `test`), not as
+    // the 20 s stall timeout.
     let err = rx
         .wait(r, Instant::now() + Duration::from_secs(25))
         .unwrap_err();
-    eprintln!("receiver failed after {:?}: {err}", start.elapsed());
-    // The peer's sockets closed: TCPX's rc 2 from `test`, well before the 20 s stall timeout.
-    assert!(start.elapsed() < Duration::from_secs(10));
     assert!(
         matches!(&err, Error::Transfer(TransferError::Plugin { .. })),
         "expected a plugin error, got {err}"
@@ -247,8 +245,9 @@ fn a_silent_connection_stalls_while_another_on_the_same_endpoint_keeps_moving() 
         let silent_conn = silent.connect(addr, len, 1, soon()).unwrap();
         (busy, busy_conn, silent, silent_conn)
     });
+    // Long enough that the busy connection's own transfers never stall on a loaded machine.
     let mut cfg = config(0, 2, 16 << 10);
-    cfg.stall_timeout = Duration::from_millis(500);
+    cfg.stall_timeout = Duration::from_secs(3);
     let mut rx = Endpoint::new(plugin(), cfg).unwrap();
     let busy_r = rx.serve(&listener, soon()).unwrap();
     let silent_r = rx.serve(&listener, soon()).unwrap();
@@ -287,7 +286,7 @@ fn a_silent_connection_stalls_while_another_on_the_same_endpoint_keeps_moving() 
     let Error::Transfer(TransferError::Stalled { waited, dump }) = &err else {
         panic!("expected Stalled, got {err}");
     };
-    assert!(*waited >= Duration::from_millis(500), "{waited:?}");
+    assert!(*waited >= Duration::from_secs(3), "{waited:?}");
     assert!(dump.contains("recv") && dump.contains("posted"), "{dump}");
     assert!(moved > 1, "the busy connection moved {moved} transfers");
     // Only the silent connection failed: the busy one goes on.

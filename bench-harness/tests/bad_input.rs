@@ -88,7 +88,8 @@ fn a_server_refuses_a_client_size_beyond_its_memory() {
         meminfo.contains("MemAvailable:"),
         "no MemAvailable in /proc/meminfo"
     );
-    let base = "24900";
+    // A port base of its own: 15000–19980, one slot per process (see two_process.rs).
+    let base = &(15_000 + (std::process::id() % 250) * 20).to_string();
     let server = bench()
         .args(["server", "0", "--port-base", base, "--channels", "1"])
         .args(["--pin", "off", "--timeout", "30"])

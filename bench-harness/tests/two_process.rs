@@ -2,9 +2,17 @@
 //! completes with every byte verified and matching checksums; a client killed mid-run makes the
 //! server fail within its deadline instead of hanging.
 
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// Bootstrap port bases of this test binary: 10000–14990, one slot of 10 per process (so runs
+/// of it at once rarely meet, and never meet the other test binaries' ranges).
+fn port_base(k: u32) -> String {
+    (10_000 + (std::process::id() % 250) * 20 + k * 10).to_string()
+}
 
 fn bench() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tcpx-bench"));
@@ -31,7 +39,7 @@ fn wait_with_deadline(mut child: Child, limit: Duration) -> Output {
 
 #[test]
 fn server_and_client_processes_move_verified_data() {
-    let base = "24700";
+    let base = &port_base(0);
     let server = bench()
         .args([
             "server",
@@ -94,7 +102,7 @@ fn server_and_client_processes_move_verified_data() {
 
 #[test]
 fn a_killed_client_makes_the_server_fail_within_its_deadline() {
-    let base = "24800";
+    let base = &port_base(1);
     let server = bench()
         .args([
             "server",
@@ -126,9 +134,19 @@ fn a_killed_client_makes_the_server_fail_within_its_deadline() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn client");
-    // Let it get going, then kill it in the middle of the run.
-    thread::sleep(Duration::from_millis(1500));
+    // Once its first iteration is done, kill it in the middle of the run.
+    let out = client.stdout.take().expect("client stdout");
+    let (started, iterating) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if line.starts_with("iter") {
+                let _ = started.send(());
+            }
+        }
+    });
+    let first = iterating.recv_timeout(Duration::from_secs(60));
     client.kill().expect("kill client");
+    first.expect("the client never finished an iteration");
     let _ = client.wait();
     let start = Instant::now();
     let s = wait_with_deadline(server, Duration::from_secs(30));

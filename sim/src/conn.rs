@@ -721,7 +721,16 @@ mod tests {
         let cfg = cfg(1, 1);
         let (mut l, _h) = ListenComm::new(&cfg, 0).unwrap();
         assert!(l.accept().unwrap().is_none());
-        drop(l);
+        // Dropped on another thread (its handshake deadline is 60 s away), so a drop that does
+        // not stop the thread fails here instead of hanging.
+        let (done, dropped) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(l);
+            let _ = done.send(());
+        });
+        dropped
+            .recv_timeout(Duration::from_secs(20))
+            .expect("closing the listener did not stop its accept thread");
     }
 
     #[test]
@@ -808,10 +817,10 @@ mod tests {
 
     #[test]
     fn a_silent_connector_is_closed_and_the_real_one_accepted() {
-        // Handshake timeout: the default (60 s); hello timeout: 500 ms, long enough for the real
+        // Handshake timeout: the default (60 s); hello timeout: 3 s, long enough for the real
         // connector's hello to follow its connect() on a loaded machine.
         let mut cfg = cfg(2, 1);
-        cfg.hello_timeout = Duration::from_millis(500);
+        cfg.hello_timeout = Duration::from_secs(3);
         let (mut l, mut h) = ListenComm::new(&cfg, 0).unwrap();
         // Both connect (so they queue ahead of the real connector) and never send a hello.
         let mut silent = [

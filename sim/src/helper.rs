@@ -644,9 +644,16 @@ mod tests {
             io: Io::Host(rs.range(rs.base(), rs.len()).unwrap()),
         })
         .unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-        drop(tx);
+        wait_for(|| matches!(tx.phase(0), Some((Phase::SocketSend, d)) if d > Duration::ZERO));
+        // Dropped on another thread, so a drop that never returns fails here instead of hanging.
+        let (done, dropped) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(tx);
+            let _ = done.send(());
+        });
+        dropped
+            .recv_timeout(Duration::from_secs(20))
+            .expect("dropping the helpers did not unblock the send");
         src[0] = 1;
-        assert_eq!(src[0], 1);
     }
 }
