@@ -79,33 +79,45 @@ fn ring_same_thread(ops: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Spin until `attempt` succeeds. The clock is read only after the first attempt fails, and
-/// then once every 1024 attempts, so a bench that never waits never reads it. Fails when no
-/// attempt succeeds within `stall`, or when one more attempt fails after `give_up` says the
-/// other thread is gone (its flag is read with `Acquire`, so that attempt sees all it did).
-fn spin_until<T>(
-    what: &str,
+/// How a waiting thread of the ring bench gives up. Each wait counts its failed attempts in a
+/// local and calls [`Patience::check`] every [`CHECK_EVERY`] of them, which fails once the
+/// other thread is gone (`give_up`, read with `Acquire`) or `stall` has passed since the wait's
+/// first check. The measured loops are otherwise the plain spin loops they were: this bench
+/// measures a handoff of a few nanoseconds, and any work on its success path (a clock read,
+/// even two stores per item) shifts the producer/consumer balance it depends on several-fold.
+struct Patience<'a> {
+    what: &'static str,
     stall: Duration,
-    mut attempt: impl FnMut() -> Option<T>,
-    give_up: impl Fn() -> bool,
-) -> Result<T, String> {
-    if let Some(v) = attempt() {
-        return Ok(v);
+    since: Instant,
+    give_up: &'a AtomicBool,
+}
+
+/// Failed attempts between two [`Patience::check`]s.
+const CHECK_EVERY: u32 = 4096;
+
+impl<'a> Patience<'a> {
+    fn new(what: &'static str, stall: Duration, give_up: &'a AtomicBool) -> Self {
+        Patience {
+            what,
+            stall,
+            since: Instant::now(),
+            give_up,
+        }
     }
-    let deadline = Instant::now() + stall;
-    loop {
-        for _ in 0..1024 {
-            std::hint::spin_loop();
-            if let Some(v) = attempt() {
-                return Ok(v);
-            }
+
+    /// A wait has failed `failed` attempts in a row (a multiple of [`CHECK_EVERY`]).
+    #[cold]
+    fn check(&mut self, failed: u32) -> Result<(), String> {
+        if self.give_up.load(Ordering::Acquire) {
+            return Err(format!("{}: the other thread stopped", self.what));
         }
-        if give_up() {
-            return attempt().ok_or_else(|| format!("{what}: the other thread stopped"));
+        let now = Instant::now();
+        if failed == CHECK_EVERY {
+            self.since = now; // this wait's first check
+        } else if now - self.since > self.stall {
+            return Err(format!("{}: nothing for {:?}", self.what, self.stall));
         }
-        if Instant::now() > deadline {
-            return Err(format!("{what}: nothing for {stall:?}"));
-        }
+        Ok(())
     }
 }
 
@@ -129,38 +141,47 @@ fn ring_two_threads(ops: u64) -> Result<(), String> {
         .name("tcpx-core-bench-producer".into())
         .spawn(move || -> Result<(), String> {
             let _done = done;
+            let mut patience = Patience::new("ring producer waiting for room", STALL, &stopped);
             for i in 0..ops {
-                let mut v = Some(i);
-                spin_until(
-                    "ring producer waiting for room",
-                    STALL,
-                    || match p.push(v.take()?) {
-                        Ok(()) => Some(()),
-                        Err(back) => {
-                            v = Some(back);
-                            None
-                        }
-                    },
-                    || stopped.load(Ordering::Acquire),
-                )?;
+                let mut v = i;
+                let mut failed = 0u32;
+                while let Err(back) = p.push(v) {
+                    v = back;
+                    std::hint::spin_loop();
+                    failed = failed.wrapping_add(1);
+                    if failed % CHECK_EVERY == 0 {
+                        patience.check(failed)?;
+                    }
+                }
             }
             Ok(())
         })
         .map_err(|e| format!("spawning the ring producer thread: {e}"))?;
+    let mut patience = Patience::new("ring consumer waiting for an item", STALL, &producer_done);
     let mut consumed = Ok(());
-    for _ in 0..ops {
-        match spin_until(
-            "ring consumer waiting for an item",
-            STALL,
-            || c.pop(),
-            || producer_done.load(Ordering::Acquire),
-        ) {
-            Ok(v) => {
+    let (mut got, mut failed) = (0, 0u32);
+    while got < ops {
+        match c.pop() {
+            Some(v) => {
                 black_box(v);
+                got += 1;
+                failed = 0;
             }
-            Err(e) => {
-                consumed = Err(e);
-                break;
+            None => {
+                std::hint::spin_loop();
+                failed = failed.wrapping_add(1);
+                if failed % CHECK_EVERY == 0 {
+                    if let Err(e) = patience.check(failed) {
+                        // Items pushed before the producer ended are visible now: take them.
+                        if c.pop().is_some_and(|v| black_box(v) == v) {
+                            got += 1;
+                            failed = 0;
+                            continue;
+                        }
+                        consumed = Err(e);
+                        break;
+                    }
+                }
             }
         }
     }
@@ -217,28 +238,39 @@ mod tests {
 
     #[test]
     fn a_wait_that_never_succeeds_fails_at_its_deadline() {
-        let e = spin_until("waiting", Duration::from_millis(1), || None::<()>, || false);
-        assert_eq!(e, Err("waiting: nothing for 1ms".to_owned()));
+        let gone = AtomicBool::new(false);
+        let mut patience = Patience::new("waiting", Duration::from_millis(1), &gone);
+        assert_eq!(patience.check(CHECK_EVERY), Ok(()));
+        let mut failed = CHECK_EVERY;
+        let e = loop {
+            failed += CHECK_EVERY;
+            if let Err(e) = patience.check(failed) {
+                break e;
+            }
+        };
+        assert_eq!(e, "waiting: nothing for 1ms");
     }
 
     #[test]
     fn a_wait_for_a_thread_that_stopped_fails() {
-        let e = spin_until("waiting", STALL, || None::<()>, || true);
-        assert_eq!(e, Err("waiting: the other thread stopped".to_owned()));
+        let gone = AtomicBool::new(true);
+        let mut patience = Patience::new("waiting", STALL, &gone);
+        assert_eq!(
+            patience.check(CHECK_EVERY),
+            Err("waiting: the other thread stopped".to_owned())
+        );
     }
 
     #[test]
-    fn a_wait_succeeds_once_its_attempt_does() {
-        let mut n = 0;
-        let got = spin_until(
-            "waiting",
-            STALL,
-            || {
-                n += 1;
-                (n > 5000).then_some(n)
-            },
-            || false,
-        );
-        assert_eq!(got, Ok(5001));
+    fn each_wait_gets_its_own_stall_time() {
+        let gone = AtomicBool::new(false);
+        let mut patience = Patience::new("waiting", Duration::from_millis(1), &gone);
+        assert_eq!(patience.check(CHECK_EVERY), Ok(()));
+        std::thread::sleep(Duration::from_millis(5));
+        // A new wait's first check starts its clock again, however long the last one took;
+        // its later checks count from there.
+        assert_eq!(patience.check(CHECK_EVERY), Ok(()));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(patience.check(2 * CHECK_EVERY).is_err());
     }
 }
