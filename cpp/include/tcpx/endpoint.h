@@ -49,7 +49,9 @@ struct EndpointConfig {
   uint32_t chunk_bytes = 512 * 1024;  ///< <= 4 MiB, a multiple of 4 KiB (serving side decides)
   std::string nics;             ///< comma-separated interface names; "" = by PCI topology
   bool pin_progress_thread = false;  ///< pin to the GPU's NUMA node
-  uint64_t stall_timeout_ms = 30000;  ///< a transfer without progress this long fails
+  /// A connection whose transfers make no progress this long fails them; it also bounds a
+  /// setup call's wait for the progress thread and the destructor's wait for it to stop.
+  uint64_t stall_timeout_ms = 30000;
 };
 
 enum class MemoryKind { Host, Cuda };
