@@ -1,33 +1,18 @@
 //! Bad command-line input and an absurd size from the peer: each run fails with an error that
 //! names the flag (or says where the value came from), never a panic or a hang.
 
-use std::process::{Child, Command, Output, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+mod common;
 
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{port_base, wait_with_deadline};
+
+/// The bench, its output captured.
 fn bench() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tcpx-bench"));
-    c.env("TCPX_SIM_CUDA", "0")
-        .env("NCCL_DYNAMIC_CHUNK_SIZE", "131072")
-        .env("NCCL_GPUDIRECTTCPX_SOCKET_IFNAME", "lo")
-        .env_remove("UCCL_TCPX_PLUGIN_PATH")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut c = common::bench();
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
     c
-}
-
-fn wait_with_deadline(mut child: Child, limit: Duration) -> Output {
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("process did not finish within {limit:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Run the bench with `args`; it must fail (exit status 1 or clap's 2, not a panic's 101) with
@@ -88,8 +73,7 @@ fn a_server_refuses_a_client_size_beyond_its_memory() {
         meminfo.contains("MemAvailable:"),
         "no MemAvailable in /proc/meminfo"
     );
-    // A port base of its own: 15000–19980, one slot per process (see two_process.rs).
-    let base = &(15_000 + (std::process::id() % 250) * 20).to_string();
+    let base = &port_base(15_000, 0);
     let server = bench()
         .args(["server", "0", "--port-base", base, "--channels", "1"])
         .args(["--pin", "off", "--timeout", "30"])

@@ -2,14 +2,10 @@
 //! pipelined (`--depth`, checks on worker threads), every byte verified, checksums matched,
 //! and the CPU report present.
 
-use std::process::Command;
+mod common;
 
 fn loopback(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_tcpx-bench"))
-        .env("TCPX_SIM_CUDA", "0")
-        .env("NCCL_DYNAMIC_CHUNK_SIZE", "131072")
-        .env("NCCL_GPUDIRECTTCPX_SOCKET_IFNAME", "lo")
-        .env_remove("UCCL_TCPX_PLUGIN_PATH")
+    let out = common::bench()
         .args(["loopback", "--json", "--pin", "off", "--timeout", "60"])
         .args(args)
         .output()

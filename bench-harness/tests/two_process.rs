@@ -2,39 +2,19 @@
 //! completes with every byte verified and matching checksums; a client killed mid-run makes the
 //! server fail within its deadline instead of hanging.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Bootstrap port bases of this test binary: 10000–14990, one slot of 10 per process (so runs
-/// of it at once rarely meet, and never meet the other test binaries' ranges).
+use common::{bench, wait_with_deadline};
+
+/// This binary's bootstrap port bases (range 10000–14999, see `common::port_base`).
 fn port_base(k: u32) -> String {
-    (10_000 + (std::process::id() % 250) * 20 + k * 10).to_string()
-}
-
-fn bench() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tcpx-bench"));
-    c.env("TCPX_SIM_CUDA", "0")
-        .env("NCCL_DYNAMIC_CHUNK_SIZE", "131072")
-        .env("NCCL_GPUDIRECTTCPX_SOCKET_IFNAME", "lo")
-        .env_remove("UCCL_TCPX_PLUGIN_PATH");
-    c
-}
-
-fn wait_with_deadline(mut child: Child, limit: Duration) -> Output {
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("process did not finish within {limit:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+    common::port_base(10_000, k)
 }
 
 #[test]

@@ -173,3 +173,20 @@ use tcpx::net::abi::NetPluginV7;
 pub fn plugin_v7() -> &'static NetPluginV7 {
     &ffi::ncclNetPlugin_v7.0
 }
+
+/// Helpers of the unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::time::Duration;
+
+    /// Drop `value` on another thread and wait at most `limit` for that drop to return, so a
+    /// drop that hangs fails its test instead of hanging it. Whether it returned in time.
+    pub fn dropped_within<T: Send + 'static>(value: T, limit: Duration) -> bool {
+        let (done, dropped) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(value);
+            let _ = done.send(());
+        });
+        dropped.recv_timeout(limit).is_ok()
+    }
+}
