@@ -453,6 +453,17 @@ fn connect_before(
     remote: SocketAddr,
     deadline: Deadline,
 ) -> Result<TcpStream, SimError> {
+    connect_observed(local, remote, deadline, || {})
+}
+
+/// [`connect_before`], calling `on_refused` after every `ECONNREFUSED` it retries (tests use it
+/// to open the listener only once a refusal has happened).
+fn connect_observed(
+    local: IpAddr,
+    remote: SocketAddr,
+    deadline: Deadline,
+    mut on_refused: impl FnMut(),
+) -> Result<TcpStream, SimError> {
     let family = match remote {
         SocketAddr::V4(_) => AddressFamily::Inet,
         SocketAddr::V6(_) => AddressFamily::Inet6,
@@ -500,6 +511,7 @@ fn connect_before(
                 deadline.remaining(WAITING_FOR)?;
             }
             Err(Errno::ECONNREFUSED) if Instant::now() < refused_until => {
+                on_refused();
                 std::thread::sleep(Duration::from_millis(1).min(left));
             }
             Err(Errno::ETIMEDOUT) if timeouts < CONNECT_TIMEOUT_RETRIES => timeouts += 1,
@@ -733,14 +745,23 @@ mod tests {
         let probe = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = probe.local_addr().unwrap();
         drop(probe);
+        let (refused_tx, refused) = std::sync::mpsc::channel();
         let t = std::thread::spawn(move || {
-            connect_from(
+            connect_observed(
                 "127.0.0.1".parse().unwrap(),
                 addr,
-                DEFAULT_HANDSHAKE_TIMEOUT,
+                Deadline::after(DEFAULT_HANDSHAKE_TIMEOUT),
+                || {
+                    // The receiver is gone only if the test already failed.
+                    let _ = refused_tx.send(());
+                },
             )
         });
-        std::thread::sleep(Duration::from_millis(30));
+        // The listener appears only after a connect() was refused: without the retry the
+        // thread would return that refusal, and without a refusal this wait fails.
+        refused
+            .recv_timeout(Duration::from_secs(20))
+            .expect("no connect() was refused before the listener existed");
         let l = TcpListener::bind(addr).unwrap();
         let s = t.join().unwrap().unwrap();
         let (peer, _) = l.accept().unwrap();
