@@ -9,6 +9,9 @@
 //! * the plugin: `tcpx-sim` is a dev-dependency, so `libtcpx_sim.so` lands there too;
 //! * the C++ sources: `cpp/` beside this crate; `make` and a C++17 compiler (`CXX`, default
 //!   `g++`) from `PATH`. Binaries go to `target/<profile>/cpp-tests/`.
+//! * with `--features cuda`: the programs are built with `TCPX_CUDA=1` against the CUDA
+//!   archive, linking the static cudart of `CUDA_HOME` (`scripts/install-nvcc.sh` provides
+//!   one); they still run on host memory here, so no GPU is needed.
 //!
 //! Every pair gets its own bootstrap ports (derived from this process id), so the tests run in
 //! parallel with each other and with other test binaries.
@@ -87,11 +90,17 @@ fn build() -> Result<PathBuf, String> {
     let lib = static_lib()?;
     let out = profile_dir().join("cpp-tests");
     fs::create_dir_all(&out).map_err(|e| format!("creating {}: {e}", out.display()))?;
-    let output = Command::new(std::env::var("MAKE").unwrap_or_else(|_| "make".into()))
-        .arg("-C")
+    let mut make = Command::new(std::env::var("MAKE").unwrap_or_else(|_| "make".into()));
+    make.arg("-C")
         .arg(&cpp)
         .arg(format!("TCPX_RS_LIB={}", lib.display()))
-        .arg(format!("TCPX_BUILD_DIR={}", out.display()))
+        .arg(format!("TCPX_BUILD_DIR={}", out.display()));
+    if cfg!(feature = "cuda") {
+        // The archive holds the CUDA glue: the programs must be built for it (and link
+        // cudart from CUDA_HOME, which make reads from the environment).
+        make.arg("TCPX_CUDA=1");
+    }
+    let output = make
         .arg("tcpx-all")
         .output()
         .map_err(|e| format!("running make: {e}"))?;
@@ -356,11 +365,15 @@ fn devmem_validation_loopback_pair_sets_up_channels_concurrently() {
     assert!(c.contains("=== ALL CHANNELS PASSED ==="), "{c}");
 }
 
+/// Without `--features cuda` the programs are built without TCPX_WITH_CUDA and must refuse the
+/// GPU path up front. (With it they take that path; `cpp/scripts/gpu-programs.sh` runs it on a
+/// GPU.)
+#[cfg(not(feature = "cuda"))]
 #[test]
-fn programs_refuse_the_gpu_path_without_cuda_and_bad_arguments() {
+fn programs_refuse_the_gpu_path_without_cuda() {
     let logs = profile_dir().join("cpp-tests").join("logs");
     fs::create_dir_all(&logs).expect("log dir");
-    let log = logs.join("refuse.log");
+    let log = logs.join("refuse-gpu.log");
     let env = [("UCCL_TCPX_UNPACK_IMPL", "kernel".to_string())];
     let status = command("test_tcpx_perf_multi", &["server", "0"], &env, &log)
         .status()
@@ -368,8 +381,17 @@ fn programs_refuse_the_gpu_path_without_cuda_and_bad_arguments() {
     let out = fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(status.code(), Some(2), "{out}");
     assert!(out.contains("needs a build with TCPX_WITH_CUDA"), "{out}");
+}
+
+#[test]
+fn programs_refuse_bad_arguments() {
+    let logs = profile_dir().join("cpp-tests").join("logs");
+    fs::create_dir_all(&logs).expect("log dir");
+    let log = logs.join("refuse-args.log");
     let status = command("test_devmem_validation", &["sideways"], &[], &log)
         .status()
         .expect("run");
-    assert_eq!(status.code(), Some(2));
+    let out = fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status.code(), Some(2), "{out}");
+    assert!(out.contains("Usage: "), "{out}");
 }
