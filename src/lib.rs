@@ -12,6 +12,7 @@
 //! | [`endpoint`] | the public API: endpoints, connections, post / poll / wait |
 //! | [`net`] | the plugin ABI mirror and the plugin loader |
 //! | [`topology`] | PCI/NUMA topology from sysfs and the channel → NIC choice |
+//! | [`wait`] | bounded polling waits for GPU work (streams, events), here and in tcpx-sim |
 //!
 //! `unsafe` is denied crate-wide and allowed in two modules only: [`net`] (the plugin loader)
 //! and `cuda` (the CUDA glue); every block there carries a `// SAFETY:` comment.
@@ -28,5 +29,6 @@ pub mod engine;
 #[allow(unsafe_code)]
 pub mod net;
 pub mod topology;
+pub mod wait;
 
 pub use tcpx_core as core;

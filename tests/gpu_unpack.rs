@@ -524,9 +524,9 @@ fn none_variant_copies_nothing() {
     assert!(got.iter().all(|&b| b == POISON[0]));
 }
 
-/// A destination that no launch may touch: every refused chunk targets it.
-fn assert_untouched(gpu: &Gpu, buf: &CudaBuffer, poison: u8) {
-    gpu.synchronize().unwrap();
+/// A destination that no launch of `unpacker` may touch: every refused chunk targets it.
+fn assert_untouched(unpacker: &Unpacker, buf: &CudaBuffer, poison: u8) {
+    unpacker.stream().synchronize().unwrap();
     let mut got = vec![0u8; buf.len()];
     buf.copy_to_host(&mut got, 0).unwrap();
     assert!(
@@ -619,7 +619,7 @@ fn corrupt_fragments_are_rejected_before_launch() {
     }
     assert_eq!(unpacker.stats().rejected_chunks, nkinds);
     assert_eq!(unpacker.stats().launches, 0);
-    assert_untouched(&gpu, &bad_dst, POISON[1]);
+    assert_untouched(&unpacker, &bad_dst, POISON[1]);
 
     // A bounce pool whose end overflows the address space.
     let d = DeviceDst::in_region(&bad_dst, 0, 4096).unwrap();
@@ -653,7 +653,7 @@ fn corrupt_fragments_are_rejected_before_launch() {
     let chunks = [good];
     let want = expected(&pool.host, good_dst.len(), POISON[0], &chunks);
     assert_same(&got, &want, &chunks, "good chunk beside a refused one");
-    assert_untouched(&gpu, &bad_dst, POISON[1]);
+    assert_untouched(&unpacker, &bad_dst, POISON[1]);
 
     // A host region is refused as a destination.
     let host = tcpx::net::HostBuffer::new(4096).unwrap();

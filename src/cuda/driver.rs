@@ -44,6 +44,17 @@ pub(crate) fn check(call: &'static str, result: CUresult) -> Result<(), CudaErro
     }
 }
 
+/// Turns a query's result (`cuStreamQuery`, `cuEventQuery`) into done (`true`), not yet
+/// (`false`, `CUDA_ERROR_NOT_READY`) or an error naming the call.
+#[inline]
+pub(crate) fn ready(call: &'static str, result: CUresult) -> Result<bool, CudaError> {
+    match result {
+        CUresult::CUDA_SUCCESS => Ok(true),
+        CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+        result => Err(CudaError::Driver { call, result }),
+    }
+}
+
 /// Loads and initialises the CUDA driver once per process; later calls return the first
 /// answer.
 ///
@@ -214,18 +225,6 @@ impl Gpu {
         Ok(())
     }
 
-    /// Waits until all work in the context has finished.
-    ///
-    /// # Errors
-    ///
-    /// A failing `cuCtxSynchronize`, including an earlier asynchronous fault (e.g. an illegal
-    /// address in a kernel).
-    pub fn synchronize(&self) -> Result<(), CudaError> {
-        self.make_current()?;
-        // SAFETY: no arguments; the context is current.
-        check("cuCtxSynchronize", unsafe { sys::cuCtxSynchronize() })
-    }
-
     /// A device attribute.
     ///
     /// # Errors
@@ -252,6 +251,22 @@ impl Drop for Gpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_maps_query_results() {
+        assert_eq!(ready("cuEventQuery", CUresult::CUDA_SUCCESS), Ok(true));
+        assert_eq!(
+            ready("cuEventQuery", CUresult::CUDA_ERROR_NOT_READY),
+            Ok(false)
+        );
+        assert_eq!(
+            ready("cuStreamQuery", CUresult::CUDA_ERROR_ILLEGAL_ADDRESS),
+            Err(CudaError::Driver {
+                call: "cuStreamQuery",
+                result: CUresult::CUDA_ERROR_ILLEGAL_ADDRESS
+            })
+        );
+    }
 
     #[test]
     fn check_maps_results() {

@@ -8,9 +8,11 @@
 //! * A [`CudaBuffer`]'s device pointer and length never change; its memory is zeroed at
 //!   allocation and freed on drop (the `Arc<Gpu>` it holds keeps the context alive until then).
 //! * The host never forms a reference to device memory: bytes move only through driver copies
-//!   ([`CudaBuffer::copy_from_host`], [`CudaBuffer::copy_to_host`]), which synchronise the
-//!   context first, so they see every write of work issued before them and finish before they
-//!   return.
+//!   ([`CudaBuffer::copy_from_host`], [`CudaBuffer::copy_to_host`], [`CudaBuffer::fill`]). Each
+//!   runs on a private non-blocking [`Stream`] and has finished when it returns: it waits for
+//!   nothing else on the GPU (another library's kernel cannot hold it up), so the caller orders
+//!   it after the work that writes the buffer (an unpack's event, a receive's completion). The
+//!   wait is bounded ([`WAIT_TIMEOUT`](super::WAIT_TIMEOUT)).
 //!
 //! ```no_run
 //! use tcpx::cuda::{CudaBuffer, Gpu};
@@ -32,6 +34,7 @@ use std::sync::Arc;
 use cudarc::driver::sys::{self, CUdeviceptr};
 
 use super::driver::{check, Gpu};
+use super::stream::Stream;
 use super::CudaError;
 use crate::net::{MemKind, Region};
 
@@ -210,61 +213,93 @@ impl CudaBuffer {
         }
     }
 
-    /// Copies `src` into the buffer at `offset`, after all work issued before the call, and
-    /// returns when the bytes are in device memory.
+    /// Copies `src` into the buffer at `offset` and returns when the bytes are in device
+    /// memory. Waits for no other GPU work: order it after whatever else uses the range.
     ///
     /// # Errors
     ///
-    /// [`CudaError::OutOfBounds`], or a failing driver call (including an earlier asynchronous
-    /// fault reported by the synchronisation).
+    /// [`CudaError::OutOfBounds`], [`CudaError::WaitTimeout`], or a failing driver call
+    /// (including an earlier asynchronous fault the stream reports).
     pub fn copy_from_host(&self, src: &[u8], offset: usize) -> Result<(), CudaError> {
         let dst = self.range(offset, src.len())?;
-        self.alloc.gpu.synchronize()?;
         if src.is_empty() {
             return Ok(());
         }
+        let stream = Stream::new(&self.alloc.gpu)?;
         // SAFETY: `dst..dst + len` is inside this allocation (checked); `src` is valid for
-        // `len` bytes; the context is current.
-        check("cuMemcpyHtoD", unsafe {
-            sys::cuMemcpyHtoD_v2(dst, src.as_ptr().cast(), src.len())
+        // `len` bytes; the stream is alive and its context current (Stream::new made it so).
+        // The copy only reads `src`: pageable memory is staged before the call returns, and a
+        // page-locked `src` is at worst read after a timed-out wait.
+        check("cuMemcpyHtoDAsync", unsafe {
+            sys::cuMemcpyHtoDAsync_v2(dst, src.as_ptr().cast(), src.len(), stream.as_raw())
         })?;
-        // A copy from pageable memory may return before the DMA finished.
-        self.alloc.gpu.synchronize()
+        stream.synchronize()
     }
 
-    /// Copies `dst.len()` bytes at `offset` out of the buffer, after all work issued before
-    /// the call.
+    /// Copies `dst.len()` bytes at `offset` out of the buffer and returns when they are in
+    /// `dst`. Waits for no other GPU work: order it after whatever writes the range.
     ///
     /// # Errors
     ///
-    /// As [`copy_from_host`](Self::copy_from_host).
+    /// As [`copy_from_host`](Self::copy_from_host). After a [`CudaError::WaitTimeout`] the
+    /// copy may still be writing `dst` (page-locked memory is written by DMA after the call
+    /// returned), so this waits for the copy to end before it returns the timeout: the one
+    /// wait of this crate that can outlast its deadline.
     pub fn copy_to_host(&self, dst: &mut [u8], offset: usize) -> Result<(), CudaError> {
         let src = self.range(offset, dst.len())?;
-        self.alloc.gpu.synchronize()?;
-        if dst.is_empty() {
-            return Ok(());
-        }
-        // SAFETY: `src..src + len` is inside this allocation (checked); `dst` is valid for
-        // writes of `len` bytes and exclusively borrowed; the context is current.
-        check("cuMemcpyDtoH", unsafe {
-            sys::cuMemcpyDtoH_v2(dst.as_mut_ptr().cast(), src, dst.len())
-        })
+        device_to_host(&self.alloc.gpu, src, dst)
     }
 
-    /// Sets every byte to `byte` (e.g. to poison a destination before a test), after all work
-    /// issued before the call, and returns when it is done.
+    /// Sets every byte to `byte` (e.g. to poison a destination before a test) and returns when
+    /// it is done. Waits for no other GPU work.
     ///
     /// # Errors
     ///
-    /// A failing `cuMemsetD8` or synchronisation.
+    /// [`CudaError::WaitTimeout`], or a failing `cuMemsetD8Async` / stream query.
     pub fn fill(&self, byte: u8) -> Result<(), CudaError> {
-        self.alloc.gpu.synchronize()?;
-        // SAFETY: `ptr..ptr + len` is inside this allocation; the context is current.
-        check("cuMemsetD8", unsafe {
-            sys::cuMemsetD8_v2(self.ptr, byte, self.len)
+        let stream = Stream::new(&self.alloc.gpu)?;
+        // SAFETY: `ptr..ptr + len` is inside this allocation; the stream is alive and its
+        // context current.
+        check("cuMemsetD8Async", unsafe {
+            sys::cuMemsetD8Async(self.ptr, byte, self.len, stream.as_raw())
         })?;
-        // Memsets of device memory are asynchronous to the host.
-        self.alloc.gpu.synchronize()
+        stream.synchronize()
+    }
+}
+
+/// Copies `dst.len()` bytes from the device address `src` into `dst` on a private stream and
+/// returns when they are there ([`CudaBuffer::copy_to_host`] says what a timeout does).
+///
+/// # Errors
+///
+/// [`CudaError::WaitTimeout`], or a failing driver call (an address that is not device memory
+/// is the copy's error, not a host access).
+pub(crate) fn device_to_host(
+    gpu: &Arc<Gpu>,
+    src: CUdeviceptr,
+    dst: &mut [u8],
+) -> Result<(), CudaError> {
+    if dst.is_empty() {
+        return Ok(());
+    }
+    let stream = Stream::new(gpu)?;
+    // SAFETY: `dst` is valid for writes of `len` bytes and exclusively borrowed until the copy
+    // has ended (below); the driver checks `src`; the stream is alive and its context current.
+    check("cuMemcpyDtoHAsync", unsafe {
+        sys::cuMemcpyDtoHAsync_v2(dst.as_mut_ptr().cast(), src, dst.len(), stream.as_raw())
+    })?;
+    match stream.synchronize() {
+        Err(timeout @ CudaError::WaitTimeout { .. }) => {
+            tracing::error!(
+                "{timeout}; waiting for the device → host copy of {} bytes to end, as it writes \
+                 the caller's memory",
+                dst.len()
+            );
+            // SAFETY: the stream is alive; this blocks until the copy into `dst` has ended.
+            let _ = unsafe { sys::cuStreamSynchronize(stream.as_raw()) };
+            Err(timeout)
+        }
+        other => other,
     }
 }
 

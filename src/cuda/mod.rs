@@ -31,11 +31,15 @@
 //!   staged; a rejected chunk leaves the batch as it was.
 //! * Staging memory is never rewritten while a launch may still read it: each staging slot
 //!   remembers the event of the last launch that read it.
-//! * The blocking waits off the hot path wait for finite work: a [`Stream`] or event wait (the
-//!   `--unpack host` copy, teardown) only for this crate's own kernels and copies, which never
-//!   spin on host memory. [`Gpu::synchronize`] waits for the whole context, so the
-//!   [`CudaBuffer`] helpers that use it (fills and host copies: setup, tests, the bench) are
-//!   not for a process whose GPU runs another library's persistent kernel.
+//! * Every wait for the GPU has a deadline: [`Stream::synchronize`], [`EventPool::synchronize`]
+//!   and [`StreamTimer::elapsed_ms`] poll the driver's query ([`crate::wait`]) and end with
+//!   [`CudaError::WaitTimeout`] after [`WAIT_TIMEOUT`]. They wait only for this crate's own
+//!   work, never for the whole context (no `cuCtxSynchronize`), so another library's persistent
+//!   kernel on the same GPU cannot hold them up. The one exception is a device → host copy into
+//!   page-locked memory that outlives its deadline: the caller's slice is still being written,
+//!   so [`CudaBuffer::copy_to_host`] waits for it to end before it returns the timeout.
+//! * Memory the GPU may still read is never freed after a wait for it timed out: the
+//!   [`Unpacker`] leaks its staging memory and module instead (with an error in the log).
 //!
 //! # Example
 //!
@@ -65,6 +69,7 @@
 
 use core::fmt;
 use core::str::FromStr;
+use std::time::Duration;
 
 use tcpx_core::unpack::FragmentError;
 use tcpx_core::window::EventId;
@@ -94,6 +99,10 @@ pub use stream::{EventPool, Stream, StreamTimer};
 pub use unpack::{
     mapped_host_ptr, read_unpack_handle, DescPath, DeviceDst, UnpackConfig, UnpackStats, Unpacker,
 };
+
+/// How long this crate waits for one of its own GPU operations: a host copy, a fill, an
+/// unpack batch (microseconds to milliseconds when the GPU runs them).
+pub const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A CUDA driver failure, or a misuse of a CUDA resource.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -139,6 +148,14 @@ pub enum CudaError {
         /// Bytes asked for.
         len: usize,
     },
+    /// This crate's own GPU work (a copy, an unpack) did not finish within its bound
+    /// ([`WAIT_TIMEOUT`]): the GPU is not running it (wedged, or queued behind other work).
+    WaitTimeout {
+        /// The query that was polled, e.g. `"cuStreamQuery"`.
+        call: &'static str,
+        /// How long it was polled.
+        after: Duration,
+    },
 }
 
 impl fmt::Display for CudaError {
@@ -173,6 +190,11 @@ impl fmt::Display for CudaError {
                 "copy of [{offset}, +{len}) is outside the {buf_len}-byte device buffer"
             ),
             CudaError::TooLarge { len } => write!(f, "cannot allocate {len} bytes"),
+            CudaError::WaitTimeout { call, after } => write!(
+                f,
+                "GPU work did not finish within {after:?} ({call} still not ready): is the GPU \
+                 wedged, or busy with another library's kernel?"
+            ),
         }
     }
 }

@@ -6,6 +6,8 @@
 //! completions are observed by polling pooled events (`cuEventQuery`, no timing, no blocking).
 //!
 //! Invariants:
+//! * No wait here blocks in the driver: [`Stream::synchronize`], [`EventPool::synchronize`] and
+//!   [`StreamTimer::elapsed_ms`] poll the query for at most [`WAIT_TIMEOUT`].
 //! * The pool never allocates after [`EventPool::new`]: a free list of indices over a fixed
 //!   array of events.
 //! * An [`EventId`] handed out by [`EventPool::record`] stays valid until it was released as
@@ -28,12 +30,12 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::sys::{self, CUevent, CUevent_flags, CUresult, CUstream, CUstream_flags};
+use cudarc::driver::sys::{self, CUevent, CUevent_flags, CUstream, CUstream_flags};
 use tcpx_core::window::EventId;
 
-use super::driver::{check, Gpu};
+use super::driver::{check, ready, Gpu};
 use super::memory::CudaBuffer;
-use super::{CudaError, UnpackError};
+use super::{CudaError, UnpackError, WAIT_TIMEOUT};
 
 /// A non-blocking CUDA stream (it does not synchronise with the legacy default stream),
 /// destroyed on drop.
@@ -81,18 +83,45 @@ impl Stream {
         &self.gpu
     }
 
-    /// Waits until everything enqueued on the stream has finished. Not for the hot path.
+    /// Waits until everything enqueued on the stream has finished, for at most
+    /// [`WAIT_TIMEOUT`] (polling `cuStreamQuery`). Not for the hot path.
     ///
     /// # Errors
     ///
-    /// A failing `cuStreamSynchronize`, including an asynchronous fault of enqueued work.
+    /// [`CudaError::WaitTimeout`], or a failing `cuStreamQuery`, including an asynchronous
+    /// fault of enqueued work.
     pub fn synchronize(&self) -> Result<(), CudaError> {
         self.gpu.make_current()?;
-        // SAFETY: the stream is alive; the context is current.
-        check("cuStreamSynchronize", unsafe {
-            sys::cuStreamSynchronize(self.raw)
-        })
+        bounded_wait("cuStreamQuery", || self.query_current())
     }
+
+    /// Whether everything enqueued on the stream has finished. Never blocks.
+    ///
+    /// # Errors
+    ///
+    /// A failing `cuStreamQuery`, including an asynchronous fault of enqueued work.
+    pub fn query(&self) -> Result<bool, CudaError> {
+        self.gpu.make_current()?;
+        self.query_current()
+    }
+
+    /// `cuStreamQuery`; the caller made the context current.
+    fn query_current(&self) -> Result<bool, CudaError> {
+        // SAFETY: the stream is alive.
+        ready("cuStreamQuery", unsafe { sys::cuStreamQuery(self.raw) })
+    }
+}
+
+/// Polls `query` (a stream or event query of this crate's own work) until it is done, for at
+/// most [`WAIT_TIMEOUT`] ([`crate::wait::poll_until`]).
+pub(crate) fn bounded_wait(
+    call: &'static str,
+    query: impl FnMut() -> Result<bool, CudaError>,
+) -> Result<(), CudaError> {
+    crate::wait::poll_until(WAIT_TIMEOUT, query, || CudaError::WaitTimeout {
+        call,
+        after: WAIT_TIMEOUT,
+    })
 }
 
 impl Stream {
@@ -238,17 +267,16 @@ impl EventPool {
         Ok(Self::query_raw(ev)?)
     }
 
-    /// Blocks until event `id` has completed. For tests and benchmarks, not the hot path.
+    /// Waits until event `id` has completed, for at most [`WAIT_TIMEOUT`] (polling
+    /// `cuEventQuery`). For tests and benchmarks, not the hot path.
     ///
     /// # Errors
     ///
-    /// As [`query`](Self::query).
+    /// As [`query`](Self::query), and [`CudaError::WaitTimeout`].
     pub fn synchronize(&self, id: EventId) -> Result<(), UnpackError> {
         let ev = self.in_use(id)?;
         self.gpu.make_current()?;
-        // SAFETY: the event is alive.
-        check("cuEventSynchronize", unsafe { sys::cuEventSynchronize(ev) })?;
-        Ok(())
+        Ok(bounded_wait("cuEventQuery", || Self::query_raw(ev))?)
     }
 
     /// Gives one reference of event `id` back; after the last one the event is free.
@@ -283,15 +311,8 @@ impl EventPool {
     /// `cuEventQuery`: done, not yet, or an error. The caller made the context current.
     #[inline]
     pub(crate) fn query_raw(ev: CUevent) -> Result<bool, CudaError> {
-        // SAFETY: callers pass an event of a live pool.
-        match unsafe { sys::cuEventQuery(ev) } {
-            CUresult::CUDA_SUCCESS => Ok(true),
-            CUresult::CUDA_ERROR_NOT_READY => Ok(false),
-            result => Err(CudaError::Driver {
-                call: "cuEventQuery",
-                result,
-            }),
-        }
+        // SAFETY: callers pass a live event (of a pool or a timer).
+        ready("cuEventQuery", unsafe { sys::cuEventQuery(ev) })
     }
 }
 
@@ -364,18 +385,16 @@ impl StreamTimer {
         })
     }
 
-    /// Waits for the end event and returns the device time between the two, in milliseconds
-    /// (resolution about 0.5 µs).
+    /// Waits for the end event (at most [`WAIT_TIMEOUT`]) and returns the device time between
+    /// the two, in milliseconds (resolution about 0.5 µs).
     ///
     /// # Errors
     ///
-    /// A failing `cuEventSynchronize` / `cuEventElapsedTime`.
+    /// [`CudaError::WaitTimeout`], a failing `cuEventQuery` / `cuEventElapsedTime`.
     pub fn elapsed_ms(&self) -> Result<f32, CudaError> {
         self.gpu.make_current()?;
-        // SAFETY: live event.
-        check("cuEventSynchronize", unsafe {
-            sys::cuEventSynchronize(self.end)
-        })?;
+        // The end event is alive (owned by self).
+        bounded_wait("cuEventQuery", || EventPool::query_raw(self.end))?;
         let mut ms = 0f32;
         // SAFETY: valid out-pointer; both events were recorded and the end one completed.
         check("cuEventElapsedTime", unsafe {

@@ -43,6 +43,7 @@
 //! ```
 
 use core::ffi::c_void;
+use core::mem::ManuallyDrop;
 use core::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
@@ -55,7 +56,7 @@ use super::desc::{
     PIECE_BYTES,
 };
 use super::driver::{check, Gpu};
-use super::memory::{DeviceAlloc, PinnedHost};
+use super::memory::{device_to_host, DeviceAlloc, PinnedHost};
 use super::module::Kernels;
 use super::stream::{EventPool, Stream};
 use super::{CudaError, UnpackError, UnpackImpl};
@@ -302,10 +303,13 @@ impl Slot {
 ///
 /// Not `Sync`: one progress thread owns it. `Send`, so it can be created before the thread
 /// starts; every method that calls the driver makes the GPU's context current first.
+///
+/// What launches read (the staging slots, the host scratch, the kernels' module) is freed on
+/// drop only after the stream drained; if that wait times out it is leaked instead.
 #[derive(Debug)]
 pub struct Unpacker {
     config: UnpackConfig,
-    slots: Box<[Slot]>,
+    slots: ManuallyDrop<Box<[Slot]>>,
     /// The slot the current batch fills.
     cur: usize,
     /// Descriptors, chunks and bytes in the current batch.
@@ -313,10 +317,10 @@ pub struct Unpacker {
     chunks: usize,
     bytes: u64,
     inline: Box<InlineBatch>,
-    host_scratch: Option<PinnedHost>,
+    host_scratch: ManuallyDrop<Option<PinnedHost>>,
     stats: UnpackStats,
     events: EventPool,
-    kernels: Kernels,
+    kernels: ManuallyDrop<Kernels>,
     stream: Stream,
     gpu: Arc<Gpu>,
 }
@@ -369,16 +373,16 @@ impl Unpacker {
         };
         Ok(Self {
             config,
-            slots: slots.into_boxed_slice(),
+            slots: ManuallyDrop::new(slots.into_boxed_slice()),
             cur: 0,
             count: 0,
             chunks: 0,
             bytes: 0,
             inline: Box::new(InlineBatch::new()),
-            host_scratch,
+            host_scratch: ManuallyDrop::new(host_scratch),
             stats: UnpackStats::default(),
             events,
-            kernels,
+            kernels: ManuallyDrop::new(kernels),
             stream,
             gpu: Arc::clone(gpu),
         })
@@ -830,36 +834,46 @@ impl Unpacker {
 impl Drop for Unpacker {
     fn drop(&mut self) {
         // Nothing may read the staging memory or run the module's code after they are freed.
-        let _ = self.stream.synchronize();
+        match self.stream.synchronize() {
+            Ok(()) => {
+                // SAFETY: the stream drained, so no launch reads these any more; each is dropped
+                // once, here, and `self` is never used again.
+                unsafe {
+                    ManuallyDrop::drop(&mut self.slots);
+                    ManuallyDrop::drop(&mut self.host_scratch);
+                    ManuallyDrop::drop(&mut self.kernels);
+                }
+            }
+            Err(e) => tracing::error!(
+                "dropping an unpacker whose launches may still run ({e}): leaking its staging \
+                 memory and kernels rather than freeing what the GPU may read"
+            ),
+        }
     }
 }
 
 /// Reads the 24-byte `unpackNetDeviceHandle {meta, bounce_buf, head}` that a TCPX receive
-/// comm's device handle points at (`NetDeviceHandle::handle`, a DEVICE address). One
-/// `cuMemcpyDtoH`: call it once per comm, after `accept`.
+/// comm's device handle points at (`NetDeviceHandle::handle`, a DEVICE address). One bounded
+/// device-to-host copy on a private stream: call it once per comm, after `accept`.
 ///
 /// # Errors
 ///
-/// A failing copy (e.g. `handle` is not device memory).
+/// A failing copy (e.g. `handle` is not device memory), [`CudaError::WaitTimeout`].
 pub fn read_unpack_handle(
-    gpu: &Gpu,
+    gpu: &Arc<Gpu>,
     handle: *const c_void,
 ) -> Result<UnpackNetDeviceHandle, CudaError> {
-    gpu.make_current()?;
-    let mut words = [0u64; 3];
-    // SAFETY: `words` is valid for 24 bytes of writes; the source is a device address the
-    // driver checks (an invalid one is an error, not a host access); the context is current.
-    check("cuMemcpyDtoH", unsafe {
-        sys::cuMemcpyDtoH_v2(
-            words.as_mut_ptr().cast::<c_void>(),
-            handle as CUdeviceptr,
-            core::mem::size_of::<UnpackNetDeviceHandle>(),
-        )
-    })?;
+    let mut bytes = [0u8; core::mem::size_of::<UnpackNetDeviceHandle>()];
+    device_to_host(gpu, handle as CUdeviceptr, &mut bytes)?;
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
+        u64::from_ne_bytes(w)
+    };
     Ok(UnpackNetDeviceHandle {
-        meta: words[0] as usize as *mut NetUnpackMeta,
-        bounce_buf: words[1] as usize as *mut c_void,
-        head: words[2],
+        meta: word(0) as usize as *mut NetUnpackMeta,
+        bounce_buf: word(1) as usize as *mut c_void,
+        head: word(2),
     })
 }
 
