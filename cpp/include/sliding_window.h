@@ -19,7 +19,8 @@
  *    done yet" or "not this request's turn". last_status() says which.
  *  - The first try_release_oldest fixes the window's direction; a later call with the other
  *    is_recv, or a comm of the other kind, is -1.
- *  - drain_all gives up with -1 after UCCL_TCPX_DRAIN_TIMEOUT_MS (default 60000).
+ *  - drain_all gives up with -1 after UCCL_TCPX_DRAIN_TIMEOUT_MS (default 60000); in CUDA builds
+ *    each wait for a receive's event has the same bound (Timeout).
  */
 #pragma once
 
@@ -46,8 +47,12 @@ struct WindowImpl;
 
 class SlidingWindow {
  public:
-  /// Waits for an event attached to a receive; returns 0 when it completed. The default (CUDA
-  /// builds) is cudaEventSynchronize + cudaEventDestroy; host builds have none.
+  /// Waits for an event attached to a receive; returns 0 when it completed. Nonzero fails the
+  /// release (-1) and leaves the request and its event in the window: a later release waits
+  /// again. The default (CUDA builds) polls cudaEventQuery for at most
+  /// UCCL_TCPX_DRAIN_TIMEOUT_MS (default 60000; never cudaEventSynchronize, which has no
+  /// deadline), then destroys the event; past the deadline the release is -1 with
+  /// last_status() Timeout. Host builds have none.
   using EventWaiter = int (*)(void* event, void* user);
 
   /// Throws std::invalid_argument unless 1 <= max_inflight <= 16.

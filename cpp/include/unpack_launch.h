@@ -15,7 +15,12 @@
  * with TCPX_WITH_CUDA and calls the CUDA kernel's C launcher from cuda/unpack.h.
  *
  * Return codes (the tree's): 0 ok, -1 launch/allocation failure, -2 copy failure,
- * -3 invalid block, -4 sync failure.
+ * -3 invalid block, -4 sync failure (a failed or timed-out wait).
+ *
+ * GPU waits (CUDA builds) poll cudaEventQuery / cudaStreamQuery for at most 10 s and never
+ * block without a deadline. Pinned descriptor staging the GPU may still read is not reused or
+ * freed after a wait that failed or timed out: launch fails with -4, a destructor leaks the
+ * staging and says so on stderr (and in tcpx_last_error()).
  */
 #pragma once
 
@@ -84,8 +89,12 @@ class UnpackLauncher {
 #ifdef TCPX_WITH_CUDA
   /// Validates, then launches the CUDA unpack kernel (tcpx_unpack_launch, cuda/unpack.h) on
   /// config().stream. Asynchronous: record an event after it and consume the receive once the
-  /// event completed. bounce_buffer and dst_buffer are device addresses.
+  /// event completed. bounce_buffer and dst_buffer are device addresses. First waits (at most
+  /// 10 s) for the previous launch to stop reading the staging: -4 if that wait failed or timed
+  /// out, with the staging untouched.
   int launch(const UnpackDescriptorBlock& block);
+  /// Waits (at most 10 s) for the last launch, then frees the staging; leaks it if the wait
+  /// failed or timed out.
   ~UnpackLauncher();
   UnpackLauncher(const UnpackLauncher&) = delete;
   UnpackLauncher& operator=(const UnpackLauncher&) = delete;
@@ -126,6 +135,8 @@ class RecvUnpacker {
   /// `bounce_bytes`: the bounce pool's size for validation (0: unknown, sources unchecked).
   RecvUnpacker(const tcpx_net_device_handle& dev_handle, cudaStream_t stream,
                Mode mode = Mode::Kernel, uint64_t bounce_bytes = 0);
+  /// Waits (at most 10 s) for `stream`, then frees the staging; leaks it if the wait failed or
+  /// timed out.
   ~RecvUnpacker();
   RecvUnpacker(const RecvUnpacker&) = delete;
   RecvUnpacker& operator=(const RecvUnpacker&) = delete;
@@ -134,7 +145,8 @@ class RecvUnpacker {
   int status() const { return status_; }
 
   /// Unpacks the done receive `request` (of this comm) into dst..dst+len; `*event` gets a new
-  /// event recorded after the copy (SlidingWindow's CUDA waiter synchronises and destroys it).
+  /// event recorded after the copy (SlidingWindow's CUDA waiter waits for it, bounded, and
+  /// destroys it).
   /// 0, -1 (launch), -2 (copy), -3 (invalid metadata).
   int unpack(void* request, void* dst, uint64_t len, cudaEvent_t* event);
 

@@ -1,6 +1,13 @@
 // SlidingWindow: the C++ tree's shape over tcpx-core's request window (ffi-cxx/src/window.rs).
 // The state machine is in Rust; waiting for a receive's event happens here (CUDA, or a waiter
 // the caller installed).
+//
+// Every wait is bounded by UCCL_TCPX_DRAIN_TIMEOUT_MS (default kDrainTimeoutMs), read at each
+// wait: drain_all's whole drain, and each event wait of the default (CUDA) waiter, which polls
+// cudaEventQuery (gpu_wait.h). The event completes only after whatever the caller queued on its
+// stream before it, which the glue does not control, so it gets the window's tunable bound
+// rather than kGpuWaitTimeout. An event whose wait failed stays alive and in the window with
+// its request (a later release waits again; clear() destroys it).
 #include "sliding_window.h"
 
 #include <chrono>
@@ -9,6 +16,7 @@
 #include <thread>
 
 #include "glue.h"
+#include "gpu_wait.h"
 #include "tcpx_interface.h"
 #include "tcpx_window_io.h"
 
@@ -21,11 +29,31 @@ struct WindowImpl {
 
 namespace {
 
+/// UCCL_TCPX_DRAIN_TIMEOUT_MS when unset.
+constexpr uint64_t kDrainTimeoutMs = 60000;
+
+std::chrono::milliseconds drain_timeout() {
+  return std::chrono::milliseconds(env_ms("UCCL_TCPX_DRAIN_TIMEOUT_MS", kDrainTimeoutMs));
+}
+
 #ifdef TCPX_WITH_CUDA
+/// The default waiter: 0 once the event completed and was destroyed. Otherwise nonzero
+/// (kGpuTimedOut when the deadline passed) with the last error set, and the event left alive.
 int cuda_event_wait(void* event, void*) {
-  auto e = static_cast<cudaEvent_t>(event);
-  if (cudaEventSynchronize(e) != cudaSuccess) return -1;
-  return cudaEventDestroy(e) == cudaSuccess ? 0 : -1;
+  const std::chrono::milliseconds within = drain_timeout();
+  const int rc = wait_until_done(&gpu_event_query, event, within);
+  if (rc != kGpuDone) {
+    set_last_error(gpu_wait_failure("the event", rc, within) +
+                   (rc == kGpuTimedOut ? " (UCCL_TCPX_DRAIN_TIMEOUT_MS)" : ""));
+    return rc;
+  }
+  const cudaError_t e = cudaEventDestroy(static_cast<cudaEvent_t>(event));
+  if (e != cudaSuccess) {
+    set_last_error(std::string("cudaEventDestroy of the receive's event failed: ") +
+                   cudaGetErrorString(e));
+    return -1;
+  }
+  return 0;
 }
 constexpr SlidingWindow::EventWaiter kDefaultWaiter = &cuda_event_wait;
 void destroy_event(void* event) { cudaEventDestroy(static_cast<cudaEvent_t>(event)); }
@@ -135,11 +163,16 @@ int SlidingWindow::try_release_oldest(void* comm, bool is_recv) {
         continue;
       }
       if (r.wait_event == 0) return r.code;
-      if (waiter_ != nullptr && waiter_(ptr(r.wait_event), user_) != 0) {
-        last_ = Status::Internal;
+      const int waited = waiter_ != nullptr ? waiter_(ptr(r.wait_event), user_) : 0;
+      if (waited != 0) {
+        // The default waiter says why in the last error (and kGpuTimedOut for its deadline);
+        // a custom one does not.
+        const bool ours = waiter_ == tcpx::detail::kDefaultWaiter;
+        last_ = ours && waited == tcpx::detail::kGpuTimedOut ? Status::Timeout : Status::Internal;
         tcpx::detail::set_last_status(last_);
-        tcpx::detail::set_last_error(
-            "SlidingWindow::try_release_oldest: waiting for the receive's event failed");
+        std::string why = "SlidingWindow::try_release_oldest: waiting for the receive's event failed";
+        if (ours) why = why + ": " + tcpx::detail::last_error_c();
+        tcpx::detail::set_last_error(why);
         tcpx::detail::debug_failure("SlidingWindow::try_release_oldest");
         return -1;
       }
@@ -154,9 +187,7 @@ int SlidingWindow::try_release_oldest(void* comm, bool is_recv) {
 }
 
 int SlidingWindow::drain_all(void* comm, bool is_recv) {
-  const auto deadline = std::chrono::steady_clock::now() +
-                        std::chrono::milliseconds(tcpx::detail::env_ms(
-                            "UCCL_TCPX_DRAIN_TIMEOUT_MS", 60000));
+  const auto deadline = std::chrono::steady_clock::now() + tcpx::detail::drain_timeout();
   unsigned spins = 0;
   while (size() > 0) {
     int r = try_release_oldest(comm, is_recv);

@@ -2,11 +2,18 @@
 // feature): UnpackLauncher::launch over tcpx_unpack_launch (cuda/unpack.h, exported by the
 // tcpx crate), and RecvUnpacker, which turns a done receive's slot of the comm's netUnpackMeta
 // into copy descriptors.
+//
+// Every GPU wait here is wait_until_done (gpu_wait.h) for at most kGpuWaitTimeout: the work
+// waited for is the glue's own (a kernel reading the descriptor staging, a 24-byte handle
+// copy). Pinned staging the GPU may still read is never rewritten or freed unless a wait
+// confirmed the GPU is done with it: a failed or timed-out wait fails the launch (staging
+// untouched) or, in a destructor or constructor, leaks the staging and says so on stderr.
 #include <atomic>
 #include <cstring>
 #include <string>
 
 #include "glue.h"
+#include "gpu_wait.h"
 #include "tcpx_interface.h"
 #include "unpack.h"
 #include "unpack_launch.h"
@@ -40,14 +47,54 @@ int fill_descs(const UnpackDescriptorBlock& block, tcpx_unpack_desc* out) {
   return 0;
 }
 
+/// Copies the 24-byte handle into the pinned `staging` on a private non-blocking stream: a
+/// cudaMemcpy would queue on the legacy default stream behind other libraries' work, and a copy
+/// into pageable memory returns only once it completed — neither can be bounded. 0, or -1 with
+/// the last error set; a copy that was queued but not seen to finish leaves `staging` nullptr
+/// (leaked: the copy may still write it).
+int read_unpack_handle(const void* handle, void*& staging, UnpackHandle* out) {
+  cudaStream_t s = nullptr;
+  if (cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) != cudaSuccess) {
+    detail::set_last_error("RecvUnpacker: creating a stream to read the unpack handle failed");
+    return -1;
+  }
+  const cudaError_t queued =
+      cudaMemcpyAsync(staging, handle, sizeof(UnpackHandle), cudaMemcpyDeviceToHost, s);
+  const int rc = queued == cudaSuccess
+                     ? detail::wait_until_done(&detail::gpu_stream_query, s, detail::kGpuWaitTimeout)
+                     : static_cast<int>(queued);
+  cudaStreamDestroy(s);  // safe while pending: released once its work completed
+  if (rc == detail::kGpuDone) {
+    std::memcpy(out, staging, sizeof(UnpackHandle));
+    return 0;
+  }
+  std::string why = detail::gpu_wait_failure("RecvUnpacker: reading the unpack handle", rc,
+                                             detail::kGpuWaitTimeout);
+  if (queued == cudaSuccess) {
+    staging = nullptr;
+    why += "; the descriptor staging is leaked (the copy may still write it)";
+  }
+  detail::set_last_error(why);
+  return -1;
+}
+
 }  // namespace
 
 UnpackLauncher::~UnpackLauncher() {
+  int rc = detail::kGpuDone;
   if (staging_done_ != nullptr) {
-    cudaEventSynchronize(staging_done_);
-    cudaEventDestroy(staging_done_);
+    rc = detail::wait_until_done(&detail::gpu_event_query, staging_done_, detail::kGpuWaitTimeout);
+    cudaEventDestroy(staging_done_);  // safe while pending: released once it completes
   }
-  if (staging_ != nullptr) cudaFreeHost(staging_);
+  if (staging_ == nullptr) return;
+  if (rc != detail::kGpuDone) {
+    detail::set_last_error(detail::gpu_wait_failure("~UnpackLauncher: the last unpack launch", rc,
+                                                    detail::kGpuWaitTimeout) +
+                           "; its descriptor staging is leaked (the GPU may still read it)");
+    detail::report_failure("~UnpackLauncher");
+    return;
+  }
+  cudaFreeHost(staging_);
 }
 
 int UnpackLauncher::launch(const UnpackDescriptorBlock& block) {
@@ -63,8 +110,13 @@ int UnpackLauncher::launch(const UnpackDescriptorBlock& block) {
       ++stats_.errors;
       return -1;
     }
-  } else if (cudaEventSynchronize(staging_done_) != cudaSuccess) {
-    // The previous launch may still read the staging memory.
+  } else if (int rc = detail::wait_until_done(&detail::gpu_event_query, staging_done_,
+                                              detail::kGpuWaitTimeout);
+             rc != detail::kGpuDone) {
+    // The previous launch may still read the staging memory: leave it alone.
+    detail::set_last_error(detail::gpu_wait_failure("UnpackLauncher::launch: the previous launch",
+                                                    rc, detail::kGpuWaitTimeout) +
+                           "; its descriptor staging is still in use");
     ++stats_.errors;
     return -4;
   }
@@ -93,10 +145,20 @@ RecvUnpacker::RecvUnpacker(const tcpx_net_device_handle& dev_handle, cudaStream_
     detail::set_last_error("RecvUnpacker: the receive device handle is not a TCPX unpack handle");
     return;
   }
+  if (cudaHostAlloc(&staging_, sizeof(tcpx_unpack_desc) * kMaxUnpackFragments * 16,
+                    cudaHostAllocMapped | cudaHostAllocPortable) != cudaSuccess) {
+    staging_ = nullptr;
+    detail::set_last_error("RecvUnpacker: allocating the descriptor staging failed");
+    status_ = -1;
+    return;
+  }
   UnpackHandle h;
-  if (cudaMemcpy(&h, dev_handle.handle, sizeof(h), cudaMemcpyDeviceToHost) != cudaSuccess ||
-      h.meta == nullptr || h.bounce_buf == nullptr) {
-    detail::set_last_error("RecvUnpacker: reading the unpack handle failed");
+  if (read_unpack_handle(dev_handle.handle, staging_, &h) != 0) {
+    status_ = -2;
+    return;
+  }
+  if (h.meta == nullptr || h.bounce_buf == nullptr) {
+    detail::set_last_error("RecvUnpacker: the unpack handle has no metadata or bounce pool");
     status_ = -2;
     return;
   }
@@ -109,22 +171,23 @@ RecvUnpacker::RecvUnpacker(const tcpx_net_device_handle& dev_handle, cudaStream_
     host = attr.hostPointer;
   meta_ = static_cast<const NetUnpackMeta*>(host);
   bounce_ = reinterpret_cast<uintptr_t>(h.bounce_buf);
-  if (cudaHostAlloc(&staging_, sizeof(tcpx_unpack_desc) * kMaxUnpackFragments * 16,
-                    cudaHostAllocMapped | cudaHostAllocPortable) != cudaSuccess) {
-    detail::set_last_error("RecvUnpacker: allocating the descriptor staging failed");
-    status_ = -1;
-    return;
-  }
   block_ = new UnpackDescriptorBlock;
   status_ = 0;
 }
 
 RecvUnpacker::~RecvUnpacker() {
-  if (staging_ != nullptr) {
-    cudaStreamSynchronize(stream_);
-    cudaFreeHost(staging_);
-  }
   delete block_;
+  if (staging_ == nullptr) return;
+  // The kernels that read the staging ran on stream_.
+  const int rc = detail::wait_until_done(&detail::gpu_stream_query, stream_, detail::kGpuWaitTimeout);
+  if (rc != detail::kGpuDone) {
+    detail::set_last_error(detail::gpu_wait_failure("~RecvUnpacker: the unpack stream", rc,
+                                                    detail::kGpuWaitTimeout) +
+                           "; its descriptor staging is leaked (the GPU may still read it)");
+    detail::report_failure("~RecvUnpacker");
+    return;
+  }
+  cudaFreeHost(staging_);
 }
 
 int RecvUnpacker::unpack(void* request, void* dst, uint64_t len, cudaEvent_t* event) {

@@ -13,6 +13,8 @@
 
 #ifdef TCPX_WITH_CUDA
 #include <cuda_runtime.h>
+
+#include "../src/gpu_wait.h"  // the glue's bounded GPU wait, header-only
 #endif
 
 namespace tcpx_programs {
@@ -105,11 +107,22 @@ inline uint64_t checksum(const void* buf, uint64_t len, uint64_t h = 0xcbf29ce48
 }
 
 /// A 4 KiB-aligned buffer (TCPX wants CUDA buffers 4 KiB aligned; host ones are too).
+///
+/// A CUDA buffer is zeroed, filled and read back through pinned staging on its own
+/// non-blocking stream, each step waited for with the glue's bounded wait (cpp/src/gpu_wait.h,
+/// at most kGpuWaitTimeout): cudaMemcpy / cudaMemset have no deadline, and the legacy stream
+/// would order nothing against the programs' non-blocking unpack streams anyway. After a wait
+/// that did not finish, the buffer and its staging are leaked (the GPU may still use them).
 struct Buffer {
   void* ptr = nullptr;
   uint64_t len = 0;
   bool cuda = false;
-  std::vector<unsigned char> staging;  // host copy of a CUDA buffer for fill/check
+#ifdef TCPX_WITH_CUDA
+  unsigned char* staging = nullptr;  // pinned host copy of a CUDA buffer for fill/check
+  cudaStream_t stream = nullptr;     // on `device`
+  int device = 0;
+  bool leaked = false;
+#endif
 
   bool alloc(uint64_t n, bool want_cuda) {
     len = n;
@@ -121,9 +134,18 @@ struct Buffer {
       return ptr != nullptr;
     }
 #ifdef TCPX_WITH_CUDA
-    staging.resize(static_cast<size_t>(n));
-    if (cudaMalloc(&ptr, static_cast<size_t>(rounded)) != cudaSuccess) return false;
-    return cudaMemset(ptr, 0, static_cast<size_t>(rounded)) == cudaSuccess;
+    void* host = nullptr;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaHostAlloc(&host, static_cast<size_t>(rounded), cudaHostAllocDefault) != cudaSuccess)
+      return false;
+    staging = static_cast<unsigned char*>(host);
+    if (cudaMalloc(&ptr, static_cast<size_t>(rounded)) != cudaSuccess) {
+      ptr = nullptr;
+      return false;
+    }
+    return step([&] { return cudaMemsetAsync(ptr, 0, static_cast<size_t>(rounded), stream); },
+                "zeroing");
 #else
     std::fprintf(stderr, "CUDA buffers need a build with TCPX_WITH_CUDA\n");
     return false;
@@ -131,10 +153,12 @@ struct Buffer {
   }
 
   ~Buffer() {
-    if (ptr == nullptr) return;
 #ifdef TCPX_WITH_CUDA
     if (cuda) {
-      cudaFree(ptr);
+      if (leaked) return;
+      if (ptr != nullptr) cudaFree(ptr);
+      if (staging != nullptr) cudaFreeHost(staging);
+      if (stream != nullptr) cudaStreamDestroy(stream);
       return;
     }
 #endif
@@ -147,9 +171,11 @@ struct Buffer {
       return true;
     }
 #ifdef TCPX_WITH_CUDA
-    fill_pattern(staging.data(), len, seed);
-    return cudaMemcpy(ptr, staging.data(), static_cast<size_t>(len), cudaMemcpyHostToDevice) ==
-           cudaSuccess;
+    fill_pattern(staging, len, seed);
+    return step([&] {
+      return cudaMemcpyAsync(ptr, staging, static_cast<size_t>(len), cudaMemcpyHostToDevice,
+                             stream);
+    }, "filling");
 #else
     return false;
 #endif
@@ -161,7 +187,8 @@ struct Buffer {
       return true;
     }
 #ifdef TCPX_WITH_CUDA
-    return cudaMemset(ptr, 0, static_cast<size_t>(len)) == cudaSuccess;
+    return step([&] { return cudaMemsetAsync(ptr, 0, static_cast<size_t>(len), stream); },
+                "clearing");
 #else
     return false;
 #endif
@@ -171,14 +198,39 @@ struct Buffer {
   const unsigned char* host_view() {
     if (!cuda) return static_cast<const unsigned char*>(ptr);
 #ifdef TCPX_WITH_CUDA
-    if (cudaMemcpy(staging.data(), ptr, static_cast<size_t>(len), cudaMemcpyDeviceToHost) !=
-        cudaSuccess)
+    if (!step([&] {
+          return cudaMemcpyAsync(staging, ptr, static_cast<size_t>(len),
+                                 cudaMemcpyDeviceToHost, stream);
+        }, "reading back"))
       return nullptr;
-    return staging.data();
+    return staging;
 #else
     return nullptr;
 #endif
   }
+
+#ifdef TCPX_WITH_CUDA
+ private:
+  /// Queues one step on `stream` (`queue()`, on the buffer's device; the caller's current
+  /// device is kept) and waits for it.
+  template <typename Queue>
+  bool step(Queue queue, const char* what) {
+    using namespace tcpx::detail;
+    int current = device;
+    if (cudaGetDevice(&current) == cudaSuccess && current != device) cudaSetDevice(device);
+    const cudaError_t queued = queue();
+    if (current != device) cudaSetDevice(current);
+    const int rc = queued == cudaSuccess
+                       ? wait_until_done(&gpu_stream_query, stream, kGpuWaitTimeout)
+                       : static_cast<int>(queued);
+    if (rc == kGpuDone) return true;
+    leaked = leaked || queued == cudaSuccess;
+    std::fprintf(stderr, "%s%s\n",
+                 gpu_wait_failure(std::string("Buffer: ") + what, rc, kGpuWaitTimeout).c_str(),
+                 leaked ? "; leaking the buffer" : "");
+    return false;
+  }
+#endif
 };
 
 inline double now_ms() {

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <climits>
 #include <cstdio>
 #include <cstring>
 #include <stdexcept>
@@ -15,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "../src/gpu_wait.h"  // the glue's GPU wait policy, header-only
 #include "bootstrap.h"
 #include "channel_manager.h"
 #include "sliding_window.h"
@@ -98,6 +100,49 @@ int wait_done(void* req, int* size = nullptr) {
 void test_status_names() {
   CHECK(std::strcmp(tcpx::status_name(Status::NotHead), "NotHead") == 0);
   CHECK(std::strcmp(tcpx::status_name(static_cast<Status>(99)), "Unknown") == 0);
+}
+
+/// A scripted GpuQuery: not ready for `not_ready` queries, then `then` (done, or an error).
+struct ScriptedQuery {
+  int not_ready = 0;
+  int then = tcpx::detail::kGpuDone;
+  int queries = 0;
+};
+
+int scripted_query(void* arg) {
+  auto* q = static_cast<ScriptedQuery*>(arg);
+  ++q->queries;
+  return q->queries > q->not_ready ? q->then : tcpx::detail::kGpuNotReady;
+}
+
+void test_gpu_wait_policy() {
+  using std::chrono::milliseconds;
+  using tcpx::detail::kGpuDone;
+  using tcpx::detail::kGpuTimedOut;
+  using tcpx::detail::wait_until_done;
+  const int spins = static_cast<int>(tcpx::detail::kGpuWaitSpins);
+  ScriptedQuery at_once;
+  CHECK_EQ(wait_until_done(&scripted_query, &at_once, milliseconds(0)), kGpuDone);
+  CHECK_EQ(at_once.queries, 1);
+  // Past the spins and many clock reads, within a long deadline.
+  ScriptedQuery later{1000};
+  CHECK_EQ(wait_until_done(&scripted_query, &later, milliseconds(60000)), kGpuDone);
+  CHECK_EQ(later.queries, 1001);
+  // The deadline counts from the first clock read (query 64) and is checked at every 64th
+  // query: even a zero deadline lets work done by query 128 finish, and ends at exactly 128.
+  ScriptedQuery just_in_time{2 * spins - 1};
+  CHECK_EQ(wait_until_done(&scripted_query, &just_in_time, milliseconds(0)), kGpuDone);
+  ScriptedQuery zero{INT_MAX};
+  CHECK_EQ(wait_until_done(&scripted_query, &zero, milliseconds(0)), kGpuTimedOut);
+  CHECK_EQ(zero.queries, 2 * spins);
+  // Never done: the deadline ends it, after more than the spins.
+  ScriptedQuery never{INT_MAX};
+  CHECK_EQ(wait_until_done(&scripted_query, &never, milliseconds(20)), kGpuTimedOut);
+  CHECK(never.queries > spins);
+  // A failing query ends the wait at once with its own error.
+  ScriptedQuery failing{2, 700};
+  CHECK_EQ(wait_until_done(&scripted_query, &failing, milliseconds(60000)), 700);
+  CHECK_EQ(failing.queries, 3);
 }
 
 void test_null_and_bogus_handles() {
@@ -638,6 +683,7 @@ int main() {
     void (*fn)();
   } cases[] = {
       {"status names", test_status_names},
+      {"gpu wait policy", test_gpu_wait_policy},
       {"null and bogus handles", test_null_and_bogus_handles},
       {"transfer and misuse (17th request, non-head test, foreign, closed)", test_transfer_and_misuse},
       {"dead peer", test_dead_peer},

@@ -233,6 +233,7 @@ fn cpp_unit_tests_pass_over_tcpx_sim() {
     for case in [
         "transfer and misuse (17th request, non-head test, foreign, closed)",
         "dead peer",
+        "gpu wait policy",
         "window events and unpack hook",
         "channel manager",
         "bootstrap",

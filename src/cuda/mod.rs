@@ -38,7 +38,7 @@
 //!   kernel on the same GPU cannot hold them up. The one exception is a device → host copy into
 //!   page-locked memory that outlives its deadline: the caller's slice is still being written,
 //!   so [`CudaBuffer::copy_to_host`] waits for it to end before it returns the timeout.
-//! * Memory the GPU may still read is never freed after a wait for it timed out: the
+//! * Memory the GPU may still read is never freed after a wait for it failed: the
 //!   [`Unpacker`] leaks its staging memory and module instead (with an error in the log).
 //!
 //! # Example

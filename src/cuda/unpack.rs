@@ -305,7 +305,8 @@ impl Slot {
 /// starts; every method that calls the driver makes the GPU's context current first.
 ///
 /// What launches read (the staging slots, the host scratch, the kernels' module) is freed on
-/// drop only after the stream drained; if that wait times out it is leaked instead.
+/// drop only after the stream drained; if that wait fails (a timeout, a faulted context) it is
+/// leaked instead.
 #[derive(Debug)]
 pub struct Unpacker {
     config: UnpackConfig,
