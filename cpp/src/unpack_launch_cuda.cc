@@ -103,13 +103,23 @@ int UnpackLauncher::launch(const UnpackDescriptorBlock& block) {
     return -3;
   }
   if (staging_ == nullptr) {
-    if (cudaHostAlloc(&staging_, sizeof(tcpx_unpack_desc) * kMaxUnpackFragments,
-                      cudaHostAllocMapped | cudaHostAllocPortable) != cudaSuccess ||
-        cudaEventCreateWithFlags(&staging_done_, cudaEventDisableTiming) != cudaSuccess) {
+    // Made together or not at all: a staging without its event would fail every later wait.
+    void* staging = nullptr;
+    cudaEvent_t done = nullptr;
+    if (cudaHostAlloc(&staging, sizeof(tcpx_unpack_desc) * kMaxUnpackFragments,
+                      cudaHostAllocMapped | cudaHostAllocPortable) != cudaSuccess) {
       detail::set_last_error("UnpackLauncher: allocating the descriptor staging failed");
       ++stats_.errors;
       return -1;
     }
+    if (cudaEventCreateWithFlags(&done, cudaEventDisableTiming) != cudaSuccess) {
+      cudaFreeHost(staging);  // nothing was launched with it
+      detail::set_last_error("UnpackLauncher: creating the staging's event failed");
+      ++stats_.errors;
+      return -1;
+    }
+    staging_ = staging;
+    staging_done_ = done;
   } else if (int rc = detail::wait_until_done(&detail::gpu_event_query, staging_done_,
                                               detail::kGpuWaitTimeout);
              rc != detail::kGpuDone) {
