@@ -78,6 +78,21 @@ int read_unpack_handle(const void* handle, void*& staging, UnpackHandle* out) {
   return -1;
 }
 
+/// A destructor's end: frees the pinned `staging` (nullptr: nothing) once `waited`, the
+/// wait_until_done result for the work that read it, is kGpuDone; otherwise leaks it (the GPU
+/// may still read it) and reports why on stderr.
+void free_staging_after(int waited, const char* who, const char* what, void* staging) {
+  if (staging == nullptr) return;
+  if (waited != detail::kGpuDone) {
+    detail::set_last_error(
+        detail::gpu_wait_failure(std::string(who) + ": " + what, waited, detail::kGpuWaitTimeout) +
+        "; its descriptor staging is leaked (the GPU may still read it)");
+    detail::report_failure(who);
+    return;
+  }
+  cudaFreeHost(staging);
+}
+
 }  // namespace
 
 UnpackLauncher::~UnpackLauncher() {
@@ -86,15 +101,7 @@ UnpackLauncher::~UnpackLauncher() {
     rc = detail::wait_until_done(&detail::gpu_event_query, staging_done_, detail::kGpuWaitTimeout);
     cudaEventDestroy(staging_done_);  // safe while pending: released once it completes
   }
-  if (staging_ == nullptr) return;
-  if (rc != detail::kGpuDone) {
-    detail::set_last_error(detail::gpu_wait_failure("~UnpackLauncher: the last unpack launch", rc,
-                                                    detail::kGpuWaitTimeout) +
-                           "; its descriptor staging is leaked (the GPU may still read it)");
-    detail::report_failure("~UnpackLauncher");
-    return;
-  }
-  cudaFreeHost(staging_);
+  free_staging_after(rc, "~UnpackLauncher", "the last unpack launch", staging_);
 }
 
 int UnpackLauncher::launch(const UnpackDescriptorBlock& block) {
@@ -190,14 +197,7 @@ RecvUnpacker::~RecvUnpacker() {
   if (staging_ == nullptr) return;
   // The kernels that read the staging ran on stream_.
   const int rc = detail::wait_until_done(&detail::gpu_stream_query, stream_, detail::kGpuWaitTimeout);
-  if (rc != detail::kGpuDone) {
-    detail::set_last_error(detail::gpu_wait_failure("~RecvUnpacker: the unpack stream", rc,
-                                                    detail::kGpuWaitTimeout) +
-                           "; its descriptor staging is leaked (the GPU may still read it)");
-    detail::report_failure("~RecvUnpacker");
-    return;
-  }
-  cudaFreeHost(staging_);
+  free_staging_after(rc, "~RecvUnpacker", "the unpack stream", staging_);
 }
 
 int RecvUnpacker::unpack(void* request, void* dst, uint64_t len, cudaEvent_t* event) {
