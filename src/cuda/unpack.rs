@@ -526,7 +526,9 @@ impl Unpacker {
             Ok(reads_slot) => reads_slot,
             Err(e) => {
                 // Part of the batch may be enqueued (a descriptor copy, some memcpys): let it
-                // drain so nothing reads the slot after it is refilled.
+                // drain so nothing reads the slot after it is refilled. The drain is bounded;
+                // past WAIT_TIMEOUT the GPU is not running this stream at all, and every later
+                // launch queues behind the same stalled work.
                 let _ = self.stream.synchronize();
                 return Err(e);
             }
